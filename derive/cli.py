@@ -1,0 +1,137 @@
+"""The command line: ``python -m derive`` and the console script ``dynorm``.
+
+Every command is a function in COMMANDS; errors are one line on stderr and exit 2
+(1 for a failed derivation or stale generated files), never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import export, generate, render
+from .catalog import NAMES, result
+from .steps import DerivationError
+
+PROG = "dynorm"
+MAIN_RESULTS = ("dyt", "dyisru")
+
+
+class UsageError(Exception):
+    """A wrong command line: reported in one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print usage and exit; we report one line
+        raise UsageError(message)
+
+
+def _name(text: str) -> str:
+    if text not in NAMES:
+        raise argparse.ArgumentTypeError(
+            f"unknown result {text!r} (known: {', '.join(NAMES)})")
+    return text
+
+
+def cmd_list(args) -> int:
+    from .catalog import ENTRIES
+    for name, e in ENTRIES.items():
+        print(f"{name:28s} {e.title}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    print(render.formula(result(args.name), args.format))
+    return 0
+
+
+def cmd_steps(args) -> int:
+    print(render.steps(result(args.name), args.format))
+    return 0
+
+
+def cmd_derivation(args) -> int:
+    """The main job: the closed forms of DyT and DyISRU with their derivations."""
+    names = args.names or MAIN_RESULTS
+    for name in names:
+        r = result(name)
+        print(render.steps(r, args.format))
+        print()
+        print(render.formula(r, args.format))
+        print("\n" + "=" * 78 + "\n")
+    return 0
+
+
+def cmd_export(args) -> int:
+    data = export.export()
+    text = export.dumps(data)
+    if args.json == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.json).write_text(text)
+        print(f"wrote {len(data['results'])} results to {args.json}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    if not args.check:
+        changed = generate.write()
+        print(f"{len(changed)} file(s) written" + "".join(f"\n  {p}" for p in changed))
+        return 0
+    stale, orphans = generate.stale(), generate.orphans()
+    if not stale and not orphans:
+        print(f"{len(generate.targets())} generated files are in sync")
+        return 0
+    for rel, diff in stale:
+        print(f"stale: {rel}\n{diff}")
+    for rel in orphans:
+        print(f"orphaned (no longer generated; delete it): {rel}")
+    print(f"run `{generate.COMMAND}` to regenerate, then commit the result", file=sys.stderr)
+    return 1
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Derive DyT and DyISRU from RMSNorm and LayerNorm.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    fmt = dict(choices=tuple(render.FORMATS), default="pretty")
+    sub.add_parser("list", help="the results of the catalog").set_defaults(run=cmd_list)
+    s = sub.add_parser("show", help="one closed form")
+    s.add_argument("name", type=_name)
+    s.add_argument("--format", **fmt)
+    s.set_defaults(run=cmd_show)
+    s = sub.add_parser("steps", help="the derivation of one result, with its checks")
+    s.add_argument("name", type=_name)
+    s.add_argument("--format", **fmt)
+    s.set_defaults(run=cmd_steps)
+    s = sub.add_parser("derivation", help="DyT and DyISRU: derivations and closed forms")
+    s.add_argument("names", nargs="*", type=_name)
+    s.add_argument("--format", **fmt)
+    s.set_defaults(run=cmd_derivation)
+    s = sub.add_parser("export", help="every result as JSON")
+    s.add_argument("--json", required=True, metavar="FILE", help="output file, or - for stdout")
+    s.set_defaults(run=cmd_export)
+    s = sub.add_parser("generate", help="write the generated sources and notes")
+    s.add_argument("--check", action="store_true", help="exit 1 if they are stale")
+    s.set_defaults(run=cmd_generate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parser().parse_args(argv)
+        return args.run(args)
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except DerivationError as e:
+        print(f"{PROG}: derivation failed: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"{PROG}: error: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+def entry_point() -> None:
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""A derivation is data: ordered steps, each with obligations checked by two witnesses.
+
+An :class:`Obligation` is a claim ``lhs == rhs`` (or ``expr > 0``, a limit, a series). The
+exact witness asks SymPy to reduce the difference to 0; the numeric witness evaluates
+both sides at random rational points at 50 digits. A step whose obligation fails raises
+:class:`DerivationError` naming the step and the claim.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Callable
+
+import sympy as sp
+
+DIGITS = 50
+POINTS = 3
+_SEED = 20250327
+
+
+class DerivationError(RuntimeError):
+    """An obligation of a step failed: the derivation stops here."""
+
+
+# -- exact witness ---------------------------------------------------------------------
+
+def _rewrite_exp(e: sp.Expr) -> sp.Expr:
+    return sp.simplify(e.rewrite(sp.exp))
+
+
+#: Tried in order, cheapest first; the first that yields 0 proves the claim.
+_REDUCERS: tuple[Callable[[sp.Expr], sp.Expr], ...] = (
+    lambda e: e,
+    sp.expand,
+    sp.cancel,
+    sp.simplify,
+    _rewrite_exp,
+)
+
+
+def _entries(e) -> list:
+    """The entries of a matrix, or [e] for a scalar."""
+    return list(e) if isinstance(e, sp.MatrixBase) else [e]
+
+
+def is_zero(e: sp.Expr) -> bool:
+    """True when SymPy reduces ``e`` (every entry, for a matrix) to exactly 0."""
+    return all(any(reduce(entry) == 0 for reduce in _REDUCERS)
+               for entry in _entries(sp.sympify(e).doit()))
+
+
+def is_positive(e: sp.Expr) -> bool:
+    """True when SymPy proves ``e > 0`` from the symbols' assumptions."""
+    e = sp.sympify(e).doit()
+    return any(reduce(e).is_positive is True for reduce in _REDUCERS)
+
+
+# -- numeric witness --------------------------------------------------------------------
+
+def _sample(sym: sp.Symbol, rng: random.Random) -> sp.Rational:
+    if sym.is_integer:
+        return sp.Integer(rng.randint(2, 64))
+    q = Fraction(rng.randint(1, 4000), rng.randint(1, 997))
+    if not (sym.is_positive or sym.is_nonnegative) and rng.random() < 0.5:
+        q = -q
+    return sp.Rational(q.numerator, q.denominator)
+
+
+def random_points(symbols, n: int = POINTS, seed: int = _SEED) -> list[dict]:
+    """``n`` random rational points for ``symbols``, respecting their assumptions."""
+    rng = random.Random(seed)
+    ordered = sorted(symbols, key=lambda s: s.name)
+    return [{s: _sample(s, rng) for s in ordered} for _ in range(n)]
+
+
+def evaluate(e: sp.Expr, point: dict):
+    return sp.N(sp.sympify(e).subs(point).doit(), DIGITS)
+
+
+def close(a, b, rel: float = 1e-30) -> bool:
+    """Entry by entry, |a - b| <= rel * max(1, |a|, |b|)."""
+    pairs = zip(_entries(a), _entries(b), strict=True)
+    try:
+        return all(_close(complex(sp.N(p, DIGITS)), complex(sp.N(q, DIGITS)), rel)
+                   for p, q in pairs)
+    except TypeError:  # something did not evaluate to a number: not witnessed
+        return False
+
+
+def _close(a: complex, b: complex, rel: float) -> bool:
+    return abs(a - b) <= rel * max(1.0, abs(a), abs(b))
+
+
+# -- obligations --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Obligation:
+    """One claim of a step, checked exactly and numerically."""
+
+    claim: str
+    lhs: sp.Expr
+    rhs: sp.Expr = sp.S.Zero
+    kind: str = "equal"  # equal | positive | limit | series
+    var: sp.Symbol | None = None  # the variable of a limit or series
+    at: sp.Expr | None = None     # limit point (+-oo) or series order n
+    far: sp.Expr | None = None    # limit: where the numeric witness evaluates (|far| large)
+    rel: float = 1e-30            # numeric witness: relative tolerance
+
+    def exact(self) -> bool:
+        return _EXACT[self.kind](self)
+
+    def numeric(self) -> bool:
+        return _NUMERIC[self.kind](self)
+
+
+def _free(*exprs) -> set:
+    return set().union(*(sp.sympify(e).free_symbols for e in exprs))
+
+
+def _exact_equal(o: Obligation) -> bool:
+    return is_zero(o.lhs - o.rhs)
+
+
+def _numeric_equal(o: Obligation) -> bool:
+    pts = random_points(_free(o.lhs, o.rhs))
+    return all(close(evaluate(o.lhs, p), evaluate(o.rhs, p), o.rel) for p in pts)
+
+
+def _exact_positive(o: Obligation) -> bool:
+    return is_positive(o.lhs)
+
+
+def _numeric_positive(o: Obligation) -> bool:
+    return all(evaluate(o.lhs, p) > 0 for p in random_points(_free(o.lhs)))
+
+
+def _exact_limit(o: Obligation) -> bool:
+    return is_zero(sp.limit(o.lhs, o.var, o.at) - o.rhs)
+
+
+def _numeric_limit(o: Obligation) -> bool:
+    sign = 1 if o.at == sp.oo else -1
+    far = sign * (sp.Integer(10) ** 40 if o.far is None else o.far)
+    pts = random_points(_free(o.lhs, o.rhs, far) - {o.var})
+    return all(close(evaluate(o.lhs, {**p, o.var: far.subs(p)}), evaluate(o.rhs, p), o.rel)
+               for p in pts)
+
+
+def _exact_series(o: Obligation) -> bool:
+    return is_zero(sp.series(o.lhs, o.var, 0, o.at).removeO() - o.rhs)
+
+
+def _numeric_series(o: Obligation) -> bool:
+    h = sp.Rational(1, 10**6)
+    pts = random_points(_free(o.lhs, o.rhs) - {o.var})
+    bound = float(h) ** (int(o.at) - 0.5)
+    return all(abs(evaluate(o.lhs - o.rhs, {**p, o.var: h})) < bound for p in pts)
+
+
+_EXACT = {"equal": _exact_equal, "positive": _exact_positive,
+          "limit": _exact_limit, "series": _exact_series}
+_NUMERIC = {"equal": _numeric_equal, "positive": _numeric_positive,
+            "limit": _numeric_limit, "series": _numeric_series}
+
+
+def equal(claim, lhs, rhs) -> Obligation:
+    """lhs == rhs (scalars, or matrices entry by entry)."""
+    return Obligation(claim, sp.sympify(lhs), sp.sympify(rhs))
+
+
+def positive(claim, expr) -> Obligation:
+    return Obligation(claim, sp.sympify(expr), kind="positive")
+
+
+def limit(claim, expr, var, at, value, far=None, rel=1e-20) -> Obligation:
+    """lim_{var -> at} expr == value; the numeric witness evaluates at +-far."""
+    far = None if far is None else sp.sympify(far)
+    return Obligation(claim, sp.sympify(expr), sp.sympify(value), "limit", var, at, far, rel)
+
+
+def series(claim, expr, var, order, poly) -> Obligation:
+    """expr == poly + O(var**order) at var = 0."""
+    return Obligation(claim, sp.sympify(expr), sp.sympify(poly), "series", var, order)
+
+
+# -- steps ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of one obligation: both witnesses."""
+
+    claim: str
+    exact: bool
+    numeric: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.exact and self.numeric
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a derivation: what it produces, why, and what it claims."""
+
+    name: str
+    expr: sp.Basic
+    reason: str
+    obligations: tuple[Obligation, ...] = ()
+    checks: tuple[Check, ...] = field(default=(), compare=False)
+
+
+def check(step: Step) -> Step:
+    """Run every obligation of ``step``; raise DerivationError naming the first failure."""
+    results = []
+    for o in step.obligations:
+        c = Check(o.claim, o.exact(), o.numeric())
+        if not c.ok:
+            witness = "exact" if not c.exact else "numeric"
+            raise DerivationError(
+                f"step {step.name!r}: obligation failed ({witness} witness): {o.claim}")
+        results.append(c)
+    return Step(step.name, step.expr, step.reason, step.obligations, tuple(results))

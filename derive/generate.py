@@ -29,8 +29,9 @@ def targets() -> dict[str, Callable[[], str]]:
     return out
 
 
-def write(root: Path = ROOT) -> list[str]:
+def write(root: Path | None = None) -> list[str]:
     """Write every generated file; return the paths that changed."""
+    root = root or ROOT
     changed = []
     for rel, render_fn in targets().items():
         path = root / rel
@@ -42,8 +43,9 @@ def write(root: Path = ROOT) -> list[str]:
     return changed
 
 
-def stale(root: Path = ROOT) -> list[tuple[str, str]]:
+def stale(root: Path | None = None) -> list[tuple[str, str]]:
     """(path, unified diff) for every generated file that is missing or out of date."""
+    root = root or ROOT
     out = []
     for rel, render_fn in targets().items():
         path = root / rel
@@ -56,8 +58,9 @@ def stale(root: Path = ROOT) -> list[tuple[str, str]]:
     return out
 
 
-def orphans(root: Path = ROOT, folder: str = "numeric/generated") -> list[str]:
+def orphans(root: Path | None = None, folder: str = "numeric/generated") -> list[str]:
     """Files in the generated folder that no target produces (left behind by a rename)."""
+    root = root or ROOT
     base = root / folder
     if not base.is_dir():
         return []

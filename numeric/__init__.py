@@ -1,4 +1,13 @@
 """dynorm's numeric side: the generated PyTorch layers, experiments and benchmarks.
 
 Needs torch (and numpy); never imports SymPy.
+
+    >>> import torch, numeric
+    >>> layer = numeric.DyISRU(8)            # weight sqrt(8), beta 8: RMSNorm on unit-RMS input
+    >>> layer(torch.randn(2, 8)).shape
+    torch.Size([2, 8])
 """
+from . import functional
+from .layers import DyISRU, DyISRULN, DyT, DyTLN, llama_alpha_init
+
+__all__ = ["functional", "DyT", "DyISRU", "DyTLN", "DyISRULN", "llama_alpha_init"]

@@ -1,0 +1,30 @@
+"""The numerical experiments, by name: ``python -m numeric NAME --out DIR``.
+
+Each module named here exposes ``run(out: pathlib.Path, *, quick: bool = False,
+progress=print) -> dict`` that writes its figures (PNG) and tables (CSV and Markdown)
+into ``out`` and returns its key numbers; ``quick`` is the small configuration the
+fast tests use. Modules are imported only when their experiment runs.
+"""
+from __future__ import annotations
+
+import importlib
+
+#: experiment name -> (module, one-line description); the CLI dispatches through it.
+EXPERIMENTS: dict[str, tuple[str, str]] = {
+    "outliers": ("numeric.experiments.outliers",
+                 "the paper's outlier demonstration: DyT and DyISRU fitted to a norm's output"),
+    "shapes": ("numeric.experiments.shapes",
+               "the S-curves behind DyT: a norm's output against its input over many tokens"),
+    "real-model": ("numeric.experiments.real_model",
+                   "all-MiniLM-L6-v2's own LayerNorms: identity, fits, replacement"),
+    "placement": ("numeric.experiments.placement",
+                  "Pre-LN vs Post-LN with each norm: gradients at init and short training"),
+    "norms-axes": ("numeric.experiments.norms_axes",
+                   "BatchNorm, LayerNorm and RMSNorm over explicit axes, checked"),
+}
+
+
+def load(name: str):
+    """The run function of an experiment (KeyError for an unknown name)."""
+    module, _ = EXPERIMENTS[name]
+    return importlib.import_module(module).run

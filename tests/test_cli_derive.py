@@ -1,0 +1,92 @@
+"""The command line of derive: commands, formats, export schema, one-line errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import sympy as sp
+
+from derive import NAMES
+from derive.cli import main
+from derive.symbols import ASSUMPTIONS
+
+
+def run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_list_names_every_result(capsys):
+    rc, out, _ = run(capsys, "list")
+    assert rc == 0 and all(name in out for name in NAMES)
+
+
+@pytest.mark.parametrize("fmt,needle", [("pretty", "tanh(α⋅x)"), ("latex", r"\tanh{\left(\alpha x"),
+                                        ("text", "gamma*tanh(alpha*x)")])
+def test_show_formats(capsys, fmt, needle):
+    rc, out, _ = run(capsys, "show", "dyt", "--format", fmt)
+    assert rc == 0 and needle in out
+
+
+def test_steps_lists_each_step_with_its_reason_and_checks(capsys):
+    rc, out, _ = run(capsys, "steps", "dyt")
+    assert rc == 0
+    for name in ("decouple_derivative_space", "freeze_sigma", "integrate_with_y0"):
+        assert name in out
+    assert "keep the diagonal" in out and "[ok exact, ok numeric]" in out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["show", "dyx"], "unknown result 'dyx'"),
+    (["steps", "nope"], "unknown result 'nope'"),
+    (["show", "dyt", "--format", "xml"], "invalid choice: 'xml'"),
+    (["export", "--json", "/nonexistent-dir/x.json"], "cannot write /nonexistent-dir/x.json"),
+    ([], "required"),
+])
+def test_errors_are_one_line_and_exit_2(capsys, argv, needle):
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2
+    assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_export_schema_and_round_trip(tmp_path, capsys):
+    path = tmp_path / "catalog.json"
+    assert run(capsys, "export", "--json", str(path))[0] == 0
+    data = json.loads(path.read_text())["results"]
+    assert set(NAMES) == set(data)
+    for name, entry in data.items():
+        assert set(entry) == {"expr", "latex", "symbols", "params", "steps"}
+        local = {sym: sp.Symbol(sym, **a) for sym, a in entry["symbols"].items()}
+        assert all(entry["symbols"][sym] == ASSUMPTIONS[sym] for sym in entry["symbols"])
+        expr = sp.sympify(entry["expr"], locals=local)
+        assert expr.free_symbols <= set(local.values()), name
+        for p, e in entry["params"].items():
+            assert p in local and sp.sympify(e, locals=local).free_symbols <= set(local.values())
+        assert entry["steps"]
+    assert data["dyt"]["params"] == {"alpha": "1/(sqrt(C)*sigma)", "gamma": "sqrt(C)"}
+    assert data["dyisru"]["params"] == {"beta": "C*epsilon + S"}
+
+
+def test_console_script_and_module_agree():
+    """`python -m derive` is the same program as the console script (no traceback either way)."""
+    p = subprocess.run([sys.executable, "-m", "derive", "show", "nope"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.startswith("dynorm: error:") and not p.stdout
+
+
+def test_generated_files_are_in_sync():
+    """paper_notes/derivation.md and numeric/generated/ match what the catalog generates."""
+    p = subprocess.run([sys.executable, "-m", "derive", "generate", "--check"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_generate_check_names_a_stale_file_and_the_fix(tmp_path, monkeypatch, capsys):
+    from derive import generate
+    monkeypatch.setattr(generate, "ROOT", tmp_path)
+    rc, out, err = run(capsys, "generate", "--check")
+    assert rc == 1 and "stale: paper_notes/derivation.md" in out
+    assert "python -m derive generate" in err

@@ -12,9 +12,8 @@ x: (..., C); alpha, beta, shift: 0-dim; weight, bias: (C,) or None (bias None me
 """
 from __future__ import annotations
 
-import torch
-
 from . import _autograd
+from ._autograd import compute_dtype  # noqa: F401  (part of the functional API)
 
 
 def dyt(x, alpha, weight, bias=None):
@@ -46,7 +45,3 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
     """LayerNorm over the last dimension, forward and backward from the derived Jacobian."""
     return _autograd.apply_norm("layernorm", x, weight, bias, eps)
 
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; every other float computes in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32

@@ -112,7 +112,9 @@ class _Elementwise(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        inits = ", ".join(f"{k}_init={v:.6g}" for k, v in self._inits.items())
+        shown = {("beta" if k == "log_beta" else k): (math.exp(v) if k == "log_beta" else v)
+                 for k, v in self._inits.items()}
+        inits = ", ".join(f"{k}_init={v:.6g}" for k, v in shown.items())
         return f"{self.normalized_shape[0]}, {inits}, bias={self.bias is not None}"
 
 

@@ -1,0 +1,109 @@
+"""TorchPrinter: SymPy expressions to PyTorch source, built on SymPy's PythonCodePrinter.
+
+One ``_print_X`` per node; known functions are a table; an unsupported node raises an
+error naming it. Powers print as multiplications, square roots as torch.sqrt/torch.rsqrt
+(never ``pow(x, 2)``), ``bias + weight * f`` as one ``torch.addcmul``.
+"""
+from __future__ import annotations
+
+import sympy as sp
+from sympy.printing.precedence import PRECEDENCE
+from sympy.printing.pycode import PythonCodePrinter
+
+from .rewrites import ChannelSum, Hypot
+
+
+PREC_MUL = PRECEDENCE["Mul"]
+PREC_POW = PRECEDENCE["Pow"]
+
+
+class UnsupportedNode(NotImplementedError):
+    """The printer met a node it has no torch spelling for."""
+
+
+#: SymPy function -> torch function.
+KNOWN_FUNCTIONS = {
+    sp.tanh: "torch.tanh",
+    sp.cosh: "torch.cosh",
+    sp.exp: "torch.exp",
+    sp.Abs: "torch.abs",
+    Hypot: "torch.hypot",
+}
+
+
+class TorchPrinter(PythonCodePrinter):
+    printmethod = "_torchcode"
+
+    def __init__(self, settings=None):
+        super().__init__({"strict": True, **(settings or {})})
+
+    def _print_not_supported(self, expr):
+        raise UnsupportedNode(f"TorchPrinter cannot print {type(expr).__name__}: {expr}")
+
+    def _print_Function(self, expr):
+        name = KNOWN_FUNCTIONS.get(expr.func)
+        if name is None:
+            return self._print_not_supported(expr)
+        return f"{name}({', '.join(self._print(a) for a in expr.args)})"
+
+    _print_tanh = _print_cosh = _print_exp = _print_Abs = _print_Function
+
+    def _print_Hypot(self, expr):
+        return self._print_Function(expr)
+
+    def _print_ChannelSum(self, expr):
+        return f"torch.sum({self._print(expr.args[0])}, dim=-1, keepdim=True)"
+
+    def _square(self, base) -> str:
+        if base.is_Atom:
+            b = self._print(base)
+            return f"{b} * {b}"
+        return f"torch.square({self._print(base)})"
+
+    def _print_Pow(self, expr, rational=False):
+        base, e = expr.args
+        table = {
+            sp.Rational(1, 2): lambda: f"torch.sqrt({self._print(base)})",
+            sp.Rational(-1, 2): lambda: f"torch.rsqrt({self._print(base)})",
+            sp.Integer(2): lambda: f"({self._square(base)})",
+            sp.Integer(-1): lambda: f"(1 / {self.parenthesize(base, PREC_POW)})",
+            sp.Integer(-2): lambda: f"(1 / ({self._square(base)}))",
+        }
+        if e not in table:
+            return self._print_not_supported(expr)
+        return table[e]()
+
+    def _print_Mul(self, expr):
+        """Factors joined by *, negative integer powers as one division (rsqrt stays a factor)."""
+        coeff, factors = expr.as_coeff_mul()
+        num = [f for f in factors if not (f.is_Pow and f.exp.is_Integer and f.exp < 0)]
+        den = [f.base ** -f.exp for f in factors if f not in num]
+        sign = "-" if coeff < 0 else ""
+        coeff = abs(coeff)
+        parts = ([] if coeff == 1 else [self._print(coeff)])
+        parts += [self.parenthesize(f, PREC_MUL) for f in num]
+        text = "*".join(parts) or "1"
+        if den:
+            d = "*".join(self.parenthesize(f, PREC_MUL) for f in den)
+            text += f"/{d}" if len(den) == 1 and not den[0].is_Mul else f"/({d})"
+        return sign + text
+
+    def _print_Add(self, expr, order=None):
+        bias = sp.Symbol("bias", real=True)
+        terms = expr.args
+        if len(terms) == 2 and bias in terms:
+            other = terms[0] if terms[1] == bias else terms[1]
+            weight = sp.Symbol("weight", real=True)
+            if other.is_Mul and weight in other.args:
+                rest = other / weight
+                return f"torch.addcmul(bias, weight, {self._print(rest)})"
+        return super()._print_Add(expr, order)
+
+    def _print_Rational(self, expr):
+        return repr(float(expr)) if expr.q != 1 else str(expr.p)
+
+    _print_Half = _print_Rational
+
+
+def torch_code(expr) -> str:
+    return TorchPrinter().doprint(expr)

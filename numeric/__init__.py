@@ -8,6 +8,9 @@ Needs torch (and numpy); never imports SymPy.
     torch.Size([2, 8])
 """
 from . import functional
+from .convert import convert
 from .layers import DyISRU, DyISRULN, DyT, DyTLN, llama_alpha_init
+from .norms import LayerNorm, RMSNorm
 
-__all__ = ["functional", "DyT", "DyISRU", "DyTLN", "DyISRULN", "llama_alpha_init"]
+__all__ = ["functional", "convert", "DyT", "DyISRU", "DyTLN", "DyISRULN", "LayerNorm",
+           "RMSNorm", "llama_alpha_init"]

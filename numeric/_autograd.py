@@ -115,10 +115,11 @@ NORMS = {name: _norm_function(name) for name in ("rmsnorm", "layernorm")}
 
 
 def apply_norm(name: str, x, weight, bias, eps: float):
-    """The norm (generated forward and VJP), then the affine part as plain torch ops."""
-    y = NORMS[name].apply(x, float(eps))
+    """The norm (generated forward and VJP), then the affine part, all in the compute dtype."""
+    ct = compute_dtype(x.dtype)
+    y = NORMS[name].apply(x.to(ct), float(eps))
     if weight is not None:
-        y = y * weight
+        y = y * weight.to(ct)
     if bias is not None:
-        y = y + bias
-    return y
+        y = y + bias.to(ct)
+    return y.to(x.dtype)

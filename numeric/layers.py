@@ -147,8 +147,8 @@ class DyT(_Elementwise):
 
 
 def _effective_beta(log_beta: torch.Tensor) -> torch.Tensor:
-    """exp(log_beta) clamped to float32's [tiny, max]: positive and finite always."""
-    fi = torch.finfo(torch.float32)
+    """exp(log_beta) clamped to its dtype's [tiny, max]: positive and finite always."""
+    fi = torch.finfo(log_beta.dtype)
     return torch.exp(log_beta).clamp(fi.tiny, fi.max)
 
 

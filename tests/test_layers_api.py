@@ -1,0 +1,279 @@
+"""The layers as people use them: defaults, errors, dtype policy, identities, compile, DDP."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+import numeric
+from numeric import functional as F
+from tests.tolerances import assert_close
+
+LAYERS = [numeric.DyT, numeric.DyISRU, numeric.DyTLN, numeric.DyISRULN]
+DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def test_defaults_follow_the_paper_and_the_derivation():
+    dyt = numeric.DyT(16)
+    assert dyt.alpha.shape == () and dyt.alpha.item() == 0.5
+    assert torch.equal(dyt.weight, torch.ones(16)) and torch.equal(dyt.bias, torch.zeros(16))
+    isru = numeric.DyISRU(16)
+    assert isru.beta.shape == () and isru.beta.item() == pytest.approx(16)
+    assert torch.allclose(isru.weight, torch.full((16,), 4.0))
+    ln = numeric.DyISRULN(16)
+    assert ln.beta.item() == pytest.approx(16) and ln.weight[0].item() == pytest.approx(math.sqrt(15))
+    assert numeric.DyT(8, bias=False).bias is None
+
+
+def test_dyisru_default_is_rmsnorm_on_unit_rms_tokens():
+    """On a unit-RMS token, RMSNorm's channel i is DyISRU with beta_i = C - x_i^2; the
+    default beta = C differs from it by the factor sqrt(1 + x_i^2/C) >= 1 - x_i^2/(2C)."""
+    C = 64
+    x = torch.randn(C, dtype=torch.float64)
+    x = x / x.pow(2).mean().sqrt()                      # RMS exactly 1
+    layer = numeric.DyISRU(C, dtype=torch.float64)
+    rms = nn.functional.rms_norm(x, (C,), eps=0.0)
+    assert ((layer(x) - rms).abs() <= rms.abs() * x**2 / (2 * C) + 1e-15).all()
+
+
+def test_llama_width_rule():
+    assert numeric.llama_alpha_init(4096, "attention") == 0.8
+    assert numeric.llama_alpha_init(4096, "other") == 0.2
+    assert numeric.llama_alpha_init(8192, "other") == 0.05
+    assert 0.8 < numeric.llama_alpha_init(3000) < 1.0
+    with pytest.raises(ValueError, match="block"):
+        numeric.llama_alpha_init(4096, "mlp")
+
+
+@pytest.mark.parametrize("cls", LAYERS)
+def test_from_sample_gives_finite_positive_scalars(cls):
+    sample = 3 * torch.randn(64, 32) + 0.5
+    layer = cls.from_sample(sample)
+    scalar = layer.alpha if hasattr(layer, "alpha") else layer.beta
+    assert torch.isfinite(scalar) and scalar > 0
+    assert torch.isfinite(layer(sample)).all()
+
+
+def test_from_sample_dyisru_matches_rmsnorm_on_that_sample():
+    torch.manual_seed(0)
+    sample = 5 * torch.randn(2000, 256, dtype=torch.float64)
+    layer = numeric.DyISRU.from_sample(sample, dtype=torch.float64)
+    rms = nn.functional.rms_norm(sample, (256,))
+    assert ((layer(sample) - rms).abs().mean() / rms.abs().mean()) < 0.05
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(normalized_shape=0), "normalized_shape"),
+    (dict(normalized_shape=-3), "normalized_shape"),
+    (dict(normalized_shape=(4, 4)), "normalized_shape"),
+    (dict(normalized_shape=4, beta_init=0.0), "beta_init"),
+    (dict(normalized_shape=4, beta_init=-1.0), "beta_init"),
+    (dict(normalized_shape=4, beta_init=math.inf), "beta_init"),
+    (dict(normalized_shape=4, weight_init=math.nan), "weight_init"),
+])
+def test_invalid_dyisru_arguments_name_the_argument(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        numeric.DyISRU(**kwargs)
+
+
+@pytest.mark.parametrize("value", [0.0, -0.5, math.inf, math.nan])
+def test_invalid_alpha_names_the_argument(value):
+    with pytest.raises(ValueError, match="alpha_init"):
+        numeric.DyT(4, alpha_init=value)
+
+
+def test_layernorm_forms_need_two_channels():
+    with pytest.raises(ValueError, match="at least 2"):
+        numeric.DyISRULN(1)
+
+
+@pytest.mark.parametrize("cls", LAYERS)
+def test_wrong_shapes_in_a_state_dict_name_the_key(cls):
+    sd = cls(8).state_dict()
+    sd["weight"] = torch.ones(9)
+    with pytest.raises(ValueError, match="weight"):
+        cls(8).load_state_dict(sd)
+
+
+@pytest.mark.parametrize("cls", LAYERS)
+def test_wrong_input_width_is_a_clear_error(cls):
+    with pytest.raises(ValueError, match="last dimension must be 8"):
+        cls(8)(torch.randn(2, 7))
+
+
+@given(st.floats(-1e6, 1e6), st.floats(1e-3, 1e6))
+def test_beta_stays_positive_and_finite_under_any_update(step, lr):
+    layer = numeric.DyISRU(8)
+    opt = torch.optim.SGD(layer.parameters(), lr=lr)
+    layer.log_beta.grad = torch.tensor(step)
+    layer.weight.grad = torch.zeros(8)
+    layer.bias.grad = torch.zeros(8)
+    opt.step()
+    assert torch.isfinite(layer.beta) and layer.beta > 0
+    assert torch.isfinite(layer(torch.randn(3, 8))).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cls", LAYERS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_input_stays_low_precision_with_float32_parameters(cls, dtype, device):
+    layer = cls(8, device=device)                     # float32 parameters
+    x = torch.randn(4, 8, device=device).to(dtype).requires_grad_(True)
+    y = layer(x)
+    assert y.dtype == dtype
+    y.float().sum().backward()
+    assert x.grad.dtype == dtype and layer.weight.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("cls", LAYERS)
+def test_bfloat16_parameters_keep_bfloat16(cls):
+    layer = cls(8, dtype=torch.bfloat16)
+    assert layer(torch.randn(2, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("name,args", [
+    ("dyt", (0.7,)), ("dyisru", (2.5,)), ("dyt_ln", (0.7, 0.3)), ("dyisru_ln", (2.5, -0.4))])
+def test_gradcheck_float64(name, args):
+    torch.manual_seed(1)
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    scalars = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in args]
+    w = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    fn = getattr(F, name)
+    assert torch.autograd.gradcheck(lambda x, w, b, *s: fn(x, *s, w, b), (x, w, b, *scalars))
+    assert torch.autograd.gradgradcheck is not None
+
+
+# -- identities with torch's own norms ------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("seed", range(3))
+def test_dyisru_with_per_token_beta_is_torch_rmsnorm(dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    C, eps = 48, 1e-5
+    x = (torch.randn(5, C, generator=g, dtype=torch.float64) * 3).to(dtype)
+    ref = nn.functional.rms_norm(x, (C,), eps=eps)
+    w = torch.full((C,), math.sqrt(C), dtype=dtype)
+    for t in range(x.shape[0]):
+        for i in range(C):
+            beta = (x[t].double().pow(2).sum() - x[t, i].double() ** 2 + C * eps).to(dtype)
+            got = F.dyisru(x[t, i:i + 1], beta, w[i:i + 1])
+            assert_close(got, ref[t, i:i + 1].double(), what=f"token {t} channel {i}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_dyisru_ln_with_per_token_beta_and_shift_is_torch_layernorm(dtype):
+    g = torch.Generator().manual_seed(4)
+    C, eps = 32, 1e-5
+    x = (torch.randn(4, C, generator=g, dtype=torch.float64) * 2 + 1).to(dtype)
+    ref = nn.functional.layer_norm(x, (C,), eps=eps)
+    w = torch.full((1,), math.sqrt(C - 1), dtype=dtype)
+    for t in range(x.shape[0]):
+        xt = x[t].double()
+        for i in range(C):
+            rest = torch.cat([xt[:i], xt[i + 1:]])
+            m, Q = rest.mean(), (rest - rest.mean()).pow(2).sum()
+            beta = (C * (Q + C * eps) / (C - 1)).to(dtype)
+            got = F.dyisru_ln(x[t, i:i + 1], beta, m.to(dtype), w)
+            assert_close(got, ref[t, i:i + 1].double(), what=f"token {t} channel {i}",
+                         scale=torch.ones(1) * 4)
+
+
+# -- shape facts on the layers themselves -------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["dyt", "dyisru"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_bounded_odd_monotone(name, dtype):
+    fi = torch.finfo(dtype)
+    x = torch.cat([torch.linspace(-50, 50, 2001, dtype=torch.float64),
+                   torch.tensor([fi.max, -fi.max, 1e3, -1e3], dtype=torch.float64)]).to(dtype)
+    x = x.sort().values
+    s = torch.tensor(0.5 if name == "dyt" else 4.0, dtype=dtype)
+    w = torch.ones(1, dtype=dtype)
+    fn = getattr(F, name)
+    y = fn(x, s, w)
+    assert (y.abs() <= 1).all()                                  # bounded by the weight
+    assert torch.equal(fn(-x, s, w), -y)                         # odd, bit for bit
+    assert (y[1:] >= y[:-1]).all()                               # non-decreasing
+
+
+@pytest.mark.parametrize("name,scalar,slope", [("dyt", 0.5, 0.5), ("dyisru", 4.0, 0.5)])
+def test_slope_at_zero(name, scalar, slope):
+    x = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    w = torch.full((1,), 3.0, dtype=torch.float64)
+    getattr(F, name)(x, torch.tensor(scalar, dtype=torch.float64), w).sum().backward()
+    assert x.grad.item() == pytest.approx(3.0 * slope, rel=1e-15)
+
+
+# -- converter, compile, DDP --------------------------------------------------------------------
+
+class Tiny(nn.Module):
+    def __init__(self, dtype=None):
+        super().__init__()
+        self.fc = nn.Linear(8, 8, dtype=dtype)
+        self.ln = nn.LayerNorm(8, dtype=dtype)
+        self.block = nn.Sequential(nn.Linear(8, 8, dtype=dtype), nn.RMSNorm(8, dtype=dtype))
+
+    def forward(self, x):
+        return self.block(self.ln(self.fc(x)))
+
+
+@pytest.mark.parametrize("to,cls", [("dyt", numeric.DyT), ("dyisru", numeric.DyISRU),
+                                    ("dyt_ln", numeric.DyTLN), ("dyisru_ln", numeric.DyISRULN)])
+def test_convert_replaces_and_reports(to, cls):
+    model = Tiny(dtype=torch.float64)
+    with torch.no_grad():
+        model.ln.weight.fill_(2.0)
+        model.ln.bias.fill_(0.5)
+    report = numeric.convert(model, to)
+    assert [r.name for r in report] == ["ln", "block.1"]
+    assert isinstance(model.ln, cls) and isinstance(model.block[1], cls)
+    assert model.ln.weight.dtype == torch.float64
+    assert torch.allclose(model.ln.bias, torch.full((8,), 0.5, dtype=torch.float64))
+    assert torch.allclose(model.ln.weight, 2.0 * cls(8).weight.double())
+    assert "ln: LayerNorm" in str(report)
+    assert model(torch.randn(2, 8, dtype=torch.float64)).shape == (2, 8)
+
+
+def test_convert_rejects_unknown_target():
+    with pytest.raises(ValueError, match="to must be one of"):
+        numeric.convert(Tiny(), "batchnorm")
+
+
+def test_torch_compile_matches_eager():
+    torch.manual_seed(0)
+    model = Tiny()
+    numeric.convert(model, "dyisru")
+    x = torch.randn(4, 8, requires_grad=True)
+    eager = model(x)
+    eager.sum().backward()
+    g_eager = x.grad.clone()
+    x.grad = None
+    compiled = torch.compile(model, fullgraph=True)           # inductor, as users run it
+    out = compiled(x)
+    out.sum().backward()
+    assert torch.allclose(out, eager, atol=1e-6) and torch.allclose(x.grad, g_eager, atol=1e-6)
+
+
+def test_ddp_wraps_and_trains(tmp_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        model = Tiny()
+        numeric.convert(model, "dyt")
+        ddp = DDP(model)
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+        for _ in range(2):
+            opt.zero_grad()
+            ddp(torch.randn(4, 8)).pow(2).mean().backward()
+            opt.step()
+        assert all(p.grad is not None for p in model.parameters())
+    finally:
+        dist.destroy_process_group()

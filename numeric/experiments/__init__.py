@@ -24,7 +24,15 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
 }
 
 
+#: measurements rather than experiments: run by name, not by ``all``.
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "bench": ("numeric.bench", "our layers against eager, compiled, fused norms (and kernels)"),
+}
+
+RUNNABLE = {**EXPERIMENTS, **BENCHMARKS}
+
+
 def load(name: str):
-    """The run function of an experiment (KeyError for an unknown name)."""
-    module, _ = EXPERIMENTS[name]
+    """The run function of an experiment or benchmark (KeyError for an unknown name)."""
+    module, _ = RUNNABLE[name]
     return importlib.import_module(module).run

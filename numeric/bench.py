@@ -1,0 +1,295 @@
+"""``python -m numeric bench``: our layers against what a user would pick instead.
+
+For each shape and dtype, forward and forward+backward of:
+- ``ours``: numeric.functional (the generated PyTorch code in an autograd.Function that
+  saves x only), on every device;
+- ``ours-triton``: the generated Triton kernels (CUDA, when numeric.kernels is usable);
+- ``eager``: the composition a user writes, ``w * tanh(a * x) + b`` (DyT) or
+  ``w * x * rsqrt(beta + x * x) + b`` (DyISRU);
+- ``compiled``: that composition under torch.compile;
+- ``rms_norm``, ``layer_norm``: torch's fused norms (F.rms_norm, nn.LayerNorm's kernel);
+- ``liger-dyt``, ``liger-rms``: Liger-Kernel's Triton DyT and RMSNorm, when installed (CUDA).
+
+Reported: median time (CUDA events on CUDA, perf_counter on CPU; warm-up, many
+repetitions, inputs rotated over several buffers), effective bandwidth (an element-wise
+layer moves 2 x bytes(x) forward and 3 x backward), the percentage of the copy bandwidth
+measured in the same run, the bytes autograd keeps for the backward, peak memory on CUDA,
+and the time ratio against ``eager`` measured in the same run.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import functional as F
+from .experiments.report import save_figure, table_markdown, write_summary, write_table
+
+NAME = "bench"
+
+#: (shapes, repetitions) per configuration: the small CPU one of the layers' goal, the
+#: paper-sized CUDA ones of the kernels' goals.
+CONFIGS = {
+    "cpu": {"shapes": [(4096, 1024)], "reps": 15},
+    "cpu-full": {"shapes": [(4096, 1024), (8192, 1024), (4096, 4096), (16384, 4096),
+                            (4096, 8192)], "reps": 5},
+    "cuda": {"shapes": [(4096, 4096), (16384, 4096), (4096, 8192), (8192, 1024)], "reps": 100},
+    "quick": {"shapes": [(256, 128)], "reps": 3},
+}
+DTYPES = (torch.float32, torch.bfloat16)
+MODES = ("fwd", "fwd+bwd")
+ROTATE = 4  # input buffers cycled through, so no repetition finds x in cache
+
+
+@dataclass
+class Case:
+    """One implementation at one shape and dtype: inputs and the function to time."""
+
+    impl: str
+    layer: str
+    fn: Callable
+    params: list[torch.Tensor]
+
+
+def _eager_dyt(x, a, w, b):
+    return w * torch.tanh(a * x) + b
+
+
+def _eager_dyisru(x, beta, w, b):
+    return w * x * torch.rsqrt(beta + x * x) + b
+
+
+_COMPILED = {}
+
+
+def _compiled(fn):
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=False)
+    return _COMPILED[fn]
+
+
+def _liger():
+    try:
+        import liger_kernel.transformers as lk  # noqa: F401
+        return lk
+    except Exception:  # not installed, or no GPU for its Triton kernels
+        return None
+
+
+def _params(layer, C, device, dtype):
+    s = torch.tensor(0.5 if layer == "dyt" else float(C), device=device, dtype=dtype)
+    w = torch.ones(C, device=device, dtype=dtype)
+    b = torch.zeros(C, device=device, dtype=dtype)
+    return [s, w, b]
+
+
+def cases(C: int, device: str, dtype) -> list[Case]:
+    """Every implementation that can run here, as a table of cases."""
+    out = []
+    for layer, ours, eager in (("dyt", F.dyt, _eager_dyt), ("dyisru", F.dyisru, _eager_dyisru)):
+        p = _params(layer, C, device, dtype)
+        out += [Case("ours", layer, ours, p), Case("eager", layer, eager, p),
+                Case("compiled", layer, _compiled(eager), p)]
+        if device == "cuda":
+            try:
+                from . import kernels
+                out.append(Case("ours-triton", layer, getattr(kernels, layer), p))
+            except Exception:
+                pass
+    w = torch.ones(C, device=device, dtype=dtype)
+    b = torch.zeros(C, device=device, dtype=dtype)
+    out.append(Case("rms_norm", "norm", lambda x, w: torch.nn.functional.rms_norm(x, (C,), w),
+                    [w]))
+    out.append(Case("layer_norm", "norm",
+                    lambda x, w, b: torch.nn.functional.layer_norm(x, (C,), w, b), [w, b]))
+    lk = _liger() if device == "cuda" else None
+    if lk is not None:
+        out.append(Case("liger-dyt", "dyt", _liger_module(lk, "LigerDyT", C, device, dtype), []))
+        out.append(Case("liger-rms", "norm", _liger_module(lk, "LigerRMSNorm", C, device, dtype),
+                        []))
+    return out
+
+
+def _liger_module(lk, name, C, device, dtype):
+    module = getattr(lk, name)(C).to(device=device, dtype=dtype)
+    return lambda x: module(x)
+
+
+# -- timing ------------------------------------------------------------------------------
+
+def _timer(device: str):
+    if device == "cuda":
+        def run(step, reps):
+            starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+            ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+            for i in range(reps):
+                starts[i].record()
+                step(i)
+                ends[i].record()
+            torch.cuda.synchronize()
+            return [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
+        return run
+
+    def run(step, reps):
+        times = []
+        for i in range(reps):
+            t0 = time.perf_counter()
+            step(i)
+            times.append(time.perf_counter() - t0)
+        return times
+    return run
+
+
+def _step(case: Case, xs, grads, mode: str):
+    params = [p.detach().requires_grad_(mode != "fwd") for p in case.params]
+
+    def step(i):
+        x = xs[i % len(xs)]
+        if mode == "fwd":
+            with torch.no_grad():
+                case.fn(x, *params)
+            return
+        xg = x.detach().requires_grad_(True)
+        case.fn(xg, *params).backward(grads[i % len(grads)])
+    return step
+
+
+def kept_bytes(case: Case, x) -> int:
+    """Bytes of the tensors autograd saves for the backward (each storage once)."""
+    seen = {}
+
+    def pack(t):
+        seen[(t.untyped_storage().data_ptr(), t.dtype, tuple(t.shape), t.stride())] = (
+            t.numel() * t.element_size())
+        return t
+
+    params = [p.detach().requires_grad_(True) for p in case.params]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        case.fn(x.detach().requires_grad_(True), *params)
+    return sum(seen.values())
+
+
+def copy_bandwidth(x, reps: int, device: str) -> float:
+    """Bytes per second of a device copy of x (read + write), measured now."""
+    y = torch.empty_like(x)
+    times = _timer(device)(lambda i: y.copy_(x), reps + 3)[3:]
+    return 2 * x.numel() * x.element_size() / statistics.median(times)
+
+
+def measure(case: Case, shape, dtype, device, reps, mode) -> dict:
+    g = torch.Generator(device=device).manual_seed(0)
+    xs = [torch.randn(shape, generator=g, device=device).to(dtype) for _ in range(ROTATE)]
+    grads = [torch.randn(shape, generator=g, device=device).to(dtype) for _ in range(ROTATE)]
+    step = _step(case, xs, grads, mode)
+    run = _timer(device)
+    run(step, 3)                                      # warm-up (and compilation)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = run(step, reps)
+    t = statistics.median(times)
+    nbytes = xs[0].numel() * xs[0].element_size()
+    moved = (2 if mode == "fwd" else 5) * nbytes
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else float("nan")
+    return {"time_ms": 1e3 * t, "bandwidth_GBps": moved / t / 1e9,
+            "kept_MiB": kept_bytes(case, xs[0]) / 2**20 if mode != "fwd" else 0.0,
+            "peak_MiB": peak / 2**20}
+
+
+def run(out: Path, *, quick: bool = False, progress=print, config: str | None = None) -> dict:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = config or ("quick" if quick else device)
+    cfg = CONFIGS[config]
+    rows, summary = [], {}
+    for shape in cfg["shapes"]:
+        for dtype in DTYPES:
+            x = torch.randn(shape, device=device).to(dtype)
+            bw = copy_bandwidth(x, cfg["reps"], device)
+            del x
+            dname = str(dtype).replace("torch.", "")
+            for case in cases(shape[-1], device, dtype):
+                for mode in MODES:
+                    progress(f"bench: {case.impl:11s} {case.layer:6s} {shape} {dname} {mode}")
+                    r = measure(case, shape, dtype, device, cfg["reps"], mode)
+                    r.update(impl=case.impl, layer=case.layer, shape=f"{shape[0]}x{shape[1]}",
+                             dtype=dname, mode=mode, copy_GBps=bw / 1e9,
+                             pct_copy=100 * r["bandwidth_GBps"] / (bw / 1e9))
+                    rows.append(r)
+    _ratios(rows)
+    _write(out, rows, device, config)
+    for r in rows:
+        if r["impl"] == "ours":
+            summary[f"{r['layer']} {r['shape']} {r['dtype']} {r['mode']}"] = {
+                "time_ratio_vs_eager": round(r["ratio_vs_eager"], 3),
+                "kept_ratio_vs_eager": round(r["kept_ratio_vs_eager"], 3)}
+    return summary
+
+
+def _ratios(rows) -> None:
+    """Ratios against the eager composition of the same layer, shape, dtype and mode."""
+    eager = {(r["layer"], r["shape"], r["dtype"], r["mode"]): r for r in rows if r["impl"] == "eager"}
+    for r in rows:
+        e = eager.get((r["layer"], r["shape"], r["dtype"], r["mode"]))
+        r["ratio_vs_eager"] = r["time_ms"] / e["time_ms"] if e else float("nan")
+        r["kept_ratio_vs_eager"] = (r["kept_MiB"] / e["kept_MiB"]
+                                    if e and e["kept_MiB"] else float("nan"))
+
+
+HEADER = ["impl", "layer", "shape", "dtype", "mode", "time_ms", "ratio_vs_eager",
+          "bandwidth_GBps", "pct_copy", "kept_MiB", "kept_ratio_vs_eager", "peak_MiB",
+          "copy_GBps"]
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    import platform
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _write(out: Path, rows, device: str, config: str) -> None:
+    write_table(out, "bench", HEADER, [[r[h] for h in HEADER] for r in rows])
+    _plot(out, rows, device)
+    name = _device_name(device)
+    ours = [r for r in rows if r["impl"] == "ours"]
+    lines = [f"{r['layer']} {r['shape']} {r['dtype']} {r['mode']}: time x{r['ratio_vs_eager']:.2f}"
+             + (f", kept bytes x{r['kept_ratio_vs_eager']:.2f}" if r["mode"] != "fwd" else "")
+             for r in ours]
+    write_summary(out, "bench", [
+        f"Device: {name}; torch {torch.__version__}; configuration `{config}`. Times are "
+        "medians; ratios are ours over the eager composition, measured in the same run.",
+        "Ours against eager: " + "; ".join(lines) + ".",
+        "![time per implementation](bench.png)",
+        table_markdown(out, "bench"),
+    ])
+
+
+def _plot(out: Path, rows, device: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({(r["shape"], r["dtype"]) for r in rows})
+    impls = list(dict.fromkeys(r["impl"] + ":" + r["layer"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.5 * len(impls) * len(keys) / 2 + 3), sharey=True)
+    for ax, mode in zip(axes, MODES):
+        labels, values = [], []
+        for key in keys:
+            for impl in impls:
+                hit = [r for r in rows if (r["shape"], r["dtype"]) == key and r["mode"] == mode
+                       and r["impl"] + ":" + r["layer"] == impl]
+                if hit:
+                    labels.append(f"{impl} {key[0]} {key[1]}")
+                    values.append(hit[0]["time_ms"])
+        ax.barh(range(len(values)), values, color=["C0" if l.startswith("ours") else "C7"
+                                                   for l in labels])
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("median time (ms)")
+        ax.set_title(f"{mode} on {_device_name(device)}")
+    fig.tight_layout()
+    save_figure(fig, out, "bench")

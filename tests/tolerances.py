@@ -7,9 +7,15 @@ precision the terms were computed in, and the final rounding by the output's dty
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 
 import torch
+
+#: When set, every comparison appends its largest error/allowed ratio here (one JSON line),
+#: so a run can report the largest error seen per dtype and device against its tolerance.
+ERROR_LOG = os.environ.get("DYNORM_ERROR_LOG")
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,15 @@ def tol_for(dtype: torch.dtype) -> Tol:
     return TOLERANCES[dtype]
 
 
+def _log(got: torch.Tensor, dtype, what: str, ratio: torch.Tensor, err: torch.Tensor) -> None:
+    finite = err.nan_to_num(0.0, posinf=0.0)
+    line = {"dtype": str(dtype).replace("torch.", ""), "device": got.device.type, "what": what,
+            "max_err_over_allowed": float(ratio.nan_to_num(0.0).max()) if ratio.numel() else 0.0,
+            "max_abs_err": float(finite.max()) if finite.numel() else 0.0}
+    with open(ERROR_LOG, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
 class Mismatch(AssertionError):
     """A comparison failed; the message names the worst element, its input and reference."""
 
@@ -58,7 +73,11 @@ def assert_close(got: torch.Tensor, ref: torch.Tensor, *, scale=None, dtype=None
     same_inf = got64.isinf() & (got64 == ref64)
     err = (got64 - ref64).abs()
     allowed = t.atol + t.rtol * ref64.abs() + t.ctol * scale64.expand_as(ref64)
-    bad = ~(both_nan | same_inf | (err <= allowed))
+    ok = both_nan | same_inf | (err <= allowed)
+    if ERROR_LOG:
+        _log(got, dtype or got.dtype, what, torch.where(ok & ~(both_nan | same_inf), err / allowed,
+                                                        torch.zeros_like(err)), err)
+    bad = ~ok
     if bad.any():
         excess = torch.where(bad, (err / allowed).nan_to_num(float("inf")), torch.zeros_like(err))
         i = int(excess.flatten().argmax())

@@ -27,6 +27,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
 #: measurements rather than experiments: run by name, not by ``all``.
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "bench": ("numeric.bench", "our layers against eager, compiled, fused norms (and kernels)"),
+    "gpu-verify": ("numeric.verify", "on a CUDA machine: the whole suite, largest errors, bench"),
 }
 
 RUNNABLE = {**EXPERIMENTS, **BENCHMARKS}

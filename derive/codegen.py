@@ -145,15 +145,21 @@ def _topological(assignments):
     return out
 
 
+def statements(outputs) -> tuple[list, list]:
+    """(assignments, output expressions): the rules' temporaries and the CSE temporaries
+    (each after the symbols it uses), then each output in those temporaries."""
+    defs = {}
+    for _, r in outputs:
+        defs.update(r.defs)
+    pre_repl, pre = sp.cse(list(defs.values()), symbols=sp.numbered_symbols("s"))
+    body_repl, body = sp.cse([r.expr for _, r in outputs], symbols=sp.numbered_symbols("t"))
+    return _topological([*pre_repl, *zip(defs, pre)]) + list(body_repl), body
+
+
 def emit(fn: Function) -> str:
     """Source of one function: defs of the rule's temporaries, CSE temporaries, return."""
-    defs = {}
-    for _, r in fn.outputs:
-        defs.update(r.defs)
     lines = [f"    {line}" for line in fn.prologue]
-    pre_repl, pre = sp.cse(list(defs.values()), symbols=sp.numbered_symbols("s"))
-    body_repl, body = sp.cse([r.expr for _, r in fn.outputs], symbols=sp.numbered_symbols("t"))
-    assigned = _topological([*pre_repl, *zip(defs, pre)]) + list(body_repl)
+    assigned, body = statements(fn.outputs)
     for sym, value in assigned:
         lines.append(f"    {sym} = {torch_code(value)}")
     names = [n for n, _ in fn.outputs]

@@ -22,10 +22,12 @@ def _notes() -> str:
 
 def targets() -> dict[str, Callable[[], str]]:
     """Relative path -> renderer, for every generated file."""
-    from .codegen import sources  # the PyTorch sources (and kernels), by file name
+    from . import kernelgen
+    from .codegen import sources  # the PyTorch sources, by file name
 
     out = {"paper_notes/derivation.md": _notes}
     out.update(sources())
+    out.update(kernelgen.sources())  # the Triton kernels
     return out
 
 

@@ -11,15 +11,28 @@ temporaries substituted back, must reduce to the original exactly.
   |z| > 1.8e19 in float32, i.e. for large bfloat16 inputs. Write everything in
   h = hypot(sqrt(a), z), q = z/h in [-1, 1], p = sqrt(a)/h in (0, 1]; hypot does not
   overflow, q and p are bounded, and 1 - q^2 is written p^2 (no cancellation near |q| = 1).
+
+Kernel rules: Triton's interpreter runs core tl math only (exp, sqrt, abs, where, maximum,
+minimum), not libdevice (tanh, cosh, hypot). Each replaces one function by a template in
+core math, proven once; an application is checked to put exactly that template there.
+
+- ``tanh_exp``: tanh(u) = sign(u) (1 - e)/(1 + e), e = exp(-2|u|) (no overflow: e <= 1),
+  for |u| >= 1/4; below, 1 - e cancels (relative error up to 2^-25/|u| in float32, 1.5e-4
+  at u = 1e-4), so tanh's odd Taylor polynomial through u^9 is used, its error < 2^-24 |u|.
+- ``sech2_exp``: 1/cosh(u)^2 = 4e/(1 + e)^2, e = exp(-2|u|): cosh(u)^2 overflows for
+  |u| > 45 in float32; this form needs neither cosh nor a cancellation, and 1 + e <= 2.
+- ``hypot_minmax``: hypot(a, b) = m sqrt(1 + (n/m)^2), m = max(|a|, |b|), n = min(|a|, |b|)
+  (and 0 where m = 0): nothing is squared but n/m in [0, 1].
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Callable
 
 import sympy as sp
 
-from .steps import Obligation, equal
+from .steps import Obligation, equal, positive, series
 
 
 class Hypot(sp.Function):
@@ -117,11 +130,198 @@ def _proof_isru_hypot():
     return out
 
 
+# -- kernel rules: templates in core math only ---------------------------------------------
+
+U = sp.Symbol("u", real=True)                 # the argument of tanh and 1/cosh^2, once
+E = sp.Symbol("e", positive=True)             # exp(-2|u|), in (0, 1]
+HMAX = sp.Symbol("hmax", nonnegative=True)    # max(|a|, |b|)
+HMIN = sp.Symbol("hmin", nonnegative=True)    # min(|a|, |b|)
+HRATIO = sp.Symbol("hratio", nonnegative=True)  # hmin/hmax, in [0, 1]
+
+#: Below this |u| tanh is its Taylor polynomial (1/4 is exact in every float format).
+TANH_SMALL = sp.Rational(1, 4)
+#: The polynomial is tanh's Taylor polynomial up to u^9 (u^10's coefficient is 0):
+#: the error is O(u^11).
+TANH_ORDER = 11
+#: Target of the polynomial's error, relative to |u|: float32's unit roundoff.
+TANH_ERROR = sp.Rational(1, 2**24)
+
+
+def substituted(r: Rewritten) -> sp.Expr:
+    """r's expression with its temporaries substituted back (in any order), nothing else."""
+    e = r.expr
+    for _ in range(len(r.defs) + 1):
+        if not e.free_symbols & set(r.defs):
+            break
+        e = e.xreplace(r.defs)
+    return e
+
+
+@dataclass(frozen=True)
+class Template:
+    """What a kernel rule replaces (``matches``, ``args``) and what it puts there."""
+
+    matches: Callable[[sp.Basic], bool]
+    args: Callable[[sp.Basic], tuple]
+    build: Callable[..., Rewritten]
+
+    def instances(self, expr: sp.Expr) -> list:
+        """Every distinct matching subexpression, in a fixed order."""
+        found = {e for e in sp.preorder_traversal(expr) if self.matches(e)}
+        return sorted(found, key=sp.default_sort_key)
+
+    def apply(self, expr: sp.Expr) -> Rewritten:
+        defs, repl = {}, {}
+        for inst in self.instances(expr):
+            r = self.build(*self.args(inst))
+            repl[inst] = r.expr
+            _merge(defs, r.defs)
+        return Rewritten(expr.xreplace(repl), defs)
+
+
+def _merge(defs: dict, new: dict) -> None:
+    for sym, value in new.items():
+        if defs.setdefault(sym, value) != value:
+            raise ValueError(f"temporary {sym} would stand for both {defs[sym]} and {value}")
+
+
+def _argument(a: sp.Expr):
+    """(the name the template uses for a, its definition): a symbol stands for itself."""
+    return (a, {}) if a.is_Symbol else (U, {U: a})
+
+
+@cache
+def tanh_polynomial() -> sp.Expr:
+    """tanh's Taylor polynomial in u up to u^9, in Horner form (odd: u times a poly in u^2)."""
+    return sp.horner(sp.series(sp.tanh(U), U, 0, TANH_ORDER).removeO(), wrt=U)
+
+
+def _tanh_template(a) -> Rewritten:
+    u, defs = _argument(a)
+    t = (1 - E) / (1 + E)
+    poly = tanh_polynomial().subs(U, u)
+    expr = sp.Piecewise((poly, sp.Abs(u) < TANH_SMALL), (-t, u < 0), (t, True))
+    return Rewritten(expr, {**defs, E: sp.exp(-2 * sp.Abs(u))})
+
+
+def _sech2_template(a) -> Rewritten:
+    u, defs = _argument(a)
+    return Rewritten(4 * E / (1 + E) ** 2, {**defs, E: sp.exp(-2 * sp.Abs(u))})
+
+
+def _hypot_template(a, b) -> Rewritten:
+    defs = {HMAX: sp.Max(sp.Abs(a), sp.Abs(b)), HMIN: sp.Min(sp.Abs(a), sp.Abs(b)),
+            HRATIO: HMIN / HMAX}
+    expr = sp.Piecewise((0, sp.Eq(HMAX, 0)), (HMAX * sp.sqrt(1 + HRATIO**2), True))
+    return Rewritten(expr, defs)
+
+
+TEMPLATES: dict[str, Template] = {
+    "tanh_exp": Template(lambda e: e.func == sp.tanh, lambda e: e.args, _tanh_template),
+    "sech2_exp": Template(lambda e: e.is_Pow and e.exp == -2 and e.base.func == sp.cosh,
+                          lambda e: e.base.args, _sech2_template),
+    "hypot_minmax": Template(lambda e: e.func == Hypot, lambda e: e.args, _hypot_template),
+}
+
+
+def apply_kernel_rule(rule: str, r: Rewritten) -> Rewritten:
+    """A kernel rule applied to r's expression and to the values of its temporaries."""
+    template = TEMPLATES[rule]
+    out = template.apply(r.expr)
+    defs = {}
+    for sym, value in r.defs.items():
+        v = template.apply(value)
+        _merge(defs, {sym: v.expr})
+        _merge(defs, v.defs)
+    _merge(defs, out.defs)
+    return Rewritten(out.expr, defs)
+
+
+def template_obligation(rule: str, before: Rewritten, after: Rewritten) -> Obligation:
+    """The check of one application: unfolded, ``after`` is ``before`` unfolded with each
+    instance replaced by the rule's template (whose value ``RULES[rule].proof()`` proves)."""
+    template, b = TEMPLATES[rule], substituted(before)
+    want = b.xreplace({i: substituted(template.build(*template.args(i)))
+                       for i in template.instances(b)})
+    return equal(f"{rule} puts its proven template in place of each instance",
+                 substituted(after), want)
+
+
+def _proof_tanh_exp():
+    up = sp.Symbol("u", positive=True)
+    r = TEMPLATES["tanh_exp"].apply(sp.tanh(U))
+    (poly, _), (neg, _), (pos, _) = r.expr.args
+    unfold = lambda piece, u: substituted(Rewritten(piece, r.defs)).subs(U, u)  # noqa: E731
+    # Lagrange: tanh(u) - poly(u) = tanh^(11)(xi) u^11 / 11!, 0 <= xi <= u <= 1/4, and
+    # tanh^(11) = Q(tanh) with 0 <= tanh(xi) <= xi <= 1/4: |Q| <= sum |q_k| 4^-k = bound.
+    t = sp.Symbol("t", nonnegative=True)
+    q = sp.Poly(sp.expand(sp.diff(sp.tanh(U), U, TANH_ORDER)).subs(sp.tanh(U), t), t)
+    bound = sum(abs(c) * TANH_SMALL**k for (k,), c in q.terms())
+    return [
+        equal("u > 0: tanh(u) = (1 - e)/(1 + e), e = exp(-2|u|)", unfold(pos, up), sp.tanh(up)),
+        equal("u < 0: tanh(u) = -(1 - e)/(1 + e), e = exp(-2|u|)", unfold(neg, -up),
+              sp.tanh(-up)),
+        series("|u| < 1/4: the polynomial is tanh's Taylor polynomial, error O(u^11)",
+               sp.tanh(U), U, TANH_ORDER, poly),
+        positive("|u| <= 1/4: |tanh(u) - poly(u)| <= bound |u|^11/11! < 2^-24 |u|",
+                 TANH_ERROR - bound * TANH_SMALL ** (TANH_ORDER - 1)
+                 / sp.factorial(TANH_ORDER)),
+    ]
+
+
+def _proof_sech2_exp():
+    up = sp.Symbol("u", positive=True)
+    form = substituted(TEMPLATES["sech2_exp"].apply(sp.cosh(U) ** -2))
+    chained = TEMPLATES["sech2_exp"].apply(apply_sech2(sp.diff(sp.tanh(U), U)).expr)
+    return [
+        equal("u > 0: 1/cosh(u)^2 = 4e/(1 + e)^2, e = exp(-2|u|)", form.subs(U, up),
+              sp.cosh(up) ** -2),
+        equal("u < 0: 1/cosh(u)^2 = 4e/(1 + e)^2, e = exp(-2|u|)", form.subs(U, -up),
+              sp.cosh(-up) ** -2),
+        equal("after sech2, d/du tanh(u) is the template", chained.expr, 4 * E / (1 + E) ** 2),
+    ]
+
+
+def _proof_hypot_minmax():
+    a, b = sp.symbols("a b", real=True)
+    n, d = sp.symbols("n d", positive=True)
+    form = substituted(TEMPLATES["hypot_minmax"].apply(Hypot(a, b)))
+    cases = [("|a| > |b| > 0", n + d, n), ("|b| > |a| > 0", n, n + d),
+             ("a < 0, |a| > |b|", -(n + d), n), ("b < 0, |b| > |a|", n, -(n + d)),
+             ("a, b < 0", -n, -(n + d)), ("|a| = |b|", n, -n), ("a = 0", 0, n),
+             ("a = b = 0 (the guard)", 0, 0)]
+    return [equal(f"{what}: hypot(a, b) = m sqrt(1 + (n/m)^2)",
+                  form.subs({a: p, b: q}, simultaneous=True), Hypot(p, q).rewrite(sp.sqrt))
+            for what, p, q in cases]
+
+
+def apply_tanh_exp(expr: sp.Expr) -> Rewritten:
+    return TEMPLATES["tanh_exp"].apply(expr)
+
+
+def apply_sech2_exp(expr: sp.Expr) -> Rewritten:
+    return TEMPLATES["sech2_exp"].apply(expr)
+
+
+def apply_hypot_minmax(expr: sp.Expr) -> Rewritten:
+    return TEMPLATES["hypot_minmax"].apply(expr)
+
+
+#: The rules a Triton kernel needs on top of the PyTorch rules, in the order applied.
+KERNEL_RULES = ("tanh_exp", "sech2_exp", "hypot_minmax")
+
 RULES: dict[str, Rule] = {
     "sech2": Rule("sech2", "1 - tanh(u)^2 cancels to 0 in float32 for |u| > 9",
                   apply_sech2, _proof_sech2),
     "isru_hypot": Rule("isru_hypot", "z^2 overflows for |z| > 1.8e19 in float32",
                        apply_isru_hypot, _proof_isru_hypot),
+    "tanh_exp": Rule("tanh_exp", "tanh is libdevice (not in the interpreter); 1 - exp(-2|u|) "
+                     "cancels for small |u| (up to 1.5e-4 relative at u = 1e-4 in float32)",
+                     apply_tanh_exp, _proof_tanh_exp),
+    "sech2_exp": Rule("sech2_exp", "cosh is libdevice; cosh(u)^2 overflows for |u| > 45 "
+                      "in float32", apply_sech2_exp, _proof_sech2_exp),
+    "hypot_minmax": Rule("hypot_minmax", "hypot is libdevice; sqrt(a^2 + b^2) overflows "
+                         "for |a| > 1.8e19 in float32", apply_hypot_minmax, _proof_hypot_minmax),
 }
 
 

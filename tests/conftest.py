@@ -15,6 +15,17 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# Without a GPU, tests/test_kernels.py runs the Triton kernels through Triton's interpreter.
+# Triton reads TRITON_INTERPRET when a @triton.jit function is defined, its own included
+# (triton.language's, imported with torch._dynamo by any test that compiles), so it is set
+# here, before any test module is imported. It changes nothing for CPU code otherwise.
+try:
+    import torch
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except ImportError:
+    pass
+
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked gpu are skipped when no CUDA device is present."""

@@ -1,0 +1,110 @@
+"""TritonPrinter: SymPy expressions to Triton (``tl``) source, built on PythonCodePrinter.
+
+SymPy has no Triton printer; this one follows derive/printer.py: one ``_print_X`` per node,
+known functions in a table, an unsupported node raises an error naming it. Only core
+``tl`` math is known (exp, sqrt, rsqrt, abs, where, maximum, minimum): Triton's interpreter
+cannot run libdevice, so tanh, cosh and hypot must be rewritten by the kernel rules of
+``rewrites`` before printing, and here they raise. Powers print as multiplications (never
+``pow(x, 2)`` or ``**``); maximum and minimum propagate NaN (the default picks the number).
+"""
+from __future__ import annotations
+
+import sympy as sp
+from sympy.printing.precedence import PRECEDENCE
+from sympy.printing.pycode import PythonCodePrinter
+
+from .printer import TorchPrinter, UnsupportedNode
+
+PREC_MUL = PRECEDENCE["Mul"]
+PREC_POW = PRECEDENCE["Pow"]
+
+#: SymPy function -> tl function (one argument each).
+KNOWN_FUNCTIONS = {
+    sp.exp: "tl.exp",
+    sp.Abs: "tl.abs",
+}
+
+#: SymPy Min/Max -> tl function; NaN propagates as in torch.minimum/maximum.
+MINMAX = {sp.Max: "tl.maximum", sp.Min: "tl.minimum"}
+NAN = "propagate_nan=tl.PropagateNan.ALL"
+
+#: Relational class -> Python operator.
+RELATIONS = {sp.StrictLessThan: "<", sp.LessThan: "<=", sp.StrictGreaterThan: ">",
+             sp.GreaterThan: ">=", sp.Equality: "==", sp.Unequality: "!="}
+
+
+class TritonPrinter(PythonCodePrinter):
+    printmethod = "_tritoncode"
+
+    def __init__(self, settings=None):
+        super().__init__({"strict": True, **(settings or {})})
+
+    def _print_not_supported(self, expr):
+        raise UnsupportedNode(f"TritonPrinter cannot print {type(expr).__name__}: {expr}")
+
+    def _print_Function(self, expr):
+        name = KNOWN_FUNCTIONS.get(expr.func)
+        if name is None:
+            return self._print_not_supported(expr)
+        return f"{name}({', '.join(self._print(a) for a in expr.args)})"
+
+    def _print_MinMaxBase(self, expr):
+        name = MINMAX[expr.func]
+        first, *rest = [self._print(a) for a in expr.args]
+        for other in rest:
+            first = f"{name}({first}, {other}, {NAN})"
+        return first
+
+    _print_Max = _print_Min = _print_MinMaxBase
+
+    def _print_Piecewise(self, expr):
+        """(v1, c1), (v2, c2), ..., (vn, True) -> tl.where(c1, v1, tl.where(c2, v2, vn))."""
+        *pieces, (last, cond) = expr.args
+        if cond != sp.true:
+            return self._print_not_supported(expr)
+        out = self._print(last)
+        for value, c in reversed(pieces):
+            out = f"tl.where({self._print(c)}, {self._print(value)}, {out})"
+        return out
+
+    def _print_Relational(self, expr):
+        op = RELATIONS.get(type(expr))
+        if op is None:
+            return self._print_not_supported(expr)
+        return f"{self._print(expr.lhs)} {op} {self._print(expr.rhs)}"
+
+    def _product(self, base, n: int) -> str:
+        b = self._print(base) if base.is_Atom else f"({self._print(base)})"
+        return " * ".join([b] * n)
+
+    def _print_Pow(self, expr, rational=False):
+        base, e = expr.args
+        table = {
+            sp.Rational(1, 2): lambda: f"tl.sqrt({self._print(base)})",
+            sp.Rational(-1, 2): lambda: f"tl.rsqrt({self._print(base)})",
+            sp.Integer(2): lambda: f"({self._product(base, 2)})",
+            sp.Integer(3): lambda: f"({self._product(base, 3)})",
+            sp.Integer(-1): lambda: f"(1 / {self.parenthesize(base, PREC_POW)})",
+            sp.Integer(-2): lambda: f"(1 / ({self._product(base, 2)}))",
+        }
+        if e not in table:
+            return self._print_not_supported(expr)
+        return table[e]()
+
+    # Products and numbers print as in TorchPrinter (nothing torch-specific in them).
+    _print_Mul = TorchPrinter._print_Mul
+    _print_Rational = TorchPrinter._print_Rational
+    _print_Half = _print_Rational
+
+
+# PythonCodePrinter prints the math module's functions and constants (math.tanh, math.e):
+# none of them is tl, so each goes through the table (and raises unless it is there).
+for _name, _method in [*((k, TritonPrinter._print_Function) for k in PythonCodePrinter._kf),
+                       *((k, TritonPrinter._print_not_supported) for k in PythonCodePrinter._kc)]:
+    if f"_print_{_name}" not in TritonPrinter.__dict__:
+        setattr(TritonPrinter, f"_print_{_name}", _method)
+del _name, _method
+
+
+def triton_code(expr) -> str:
+    return TritonPrinter().doprint(expr)

@@ -105,5 +105,20 @@ class TorchPrinter(PythonCodePrinter):
     _print_Half = _print_Rational
 
 
+def route_math_module(cls) -> None:
+    """PythonCodePrinter prints the math module's functions and constants (math.sinh,
+    math.pi): none of them runs on tensors, so each goes through ``cls``'s table and raises
+    unless it is there."""
+    for name in PythonCodePrinter._kf:
+        if f"_print_{name}" not in cls.__dict__:
+            setattr(cls, f"_print_{name}", cls._print_Function)
+    for name in PythonCodePrinter._kc:
+        if f"_print_{name}" not in cls.__dict__:
+            setattr(cls, f"_print_{name}", cls._print_not_supported)
+
+
+route_math_module(TorchPrinter)
+
+
 def torch_code(expr) -> str:
     return TorchPrinter().doprint(expr)

@@ -13,7 +13,7 @@ import sympy as sp
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.pycode import PythonCodePrinter
 
-from .printer import TorchPrinter, UnsupportedNode
+from .printer import TorchPrinter, UnsupportedNode, route_math_module
 
 PREC_MUL = PRECEDENCE["Mul"]
 PREC_POW = PRECEDENCE["Pow"]
@@ -97,13 +97,7 @@ class TritonPrinter(PythonCodePrinter):
     _print_Half = _print_Rational
 
 
-# PythonCodePrinter prints the math module's functions and constants (math.tanh, math.e):
-# none of them is tl, so each goes through the table (and raises unless it is there).
-for _name, _method in [*((k, TritonPrinter._print_Function) for k in PythonCodePrinter._kf),
-                       *((k, TritonPrinter._print_not_supported) for k in PythonCodePrinter._kc)]:
-    if f"_print_{_name}" not in TritonPrinter.__dict__:
-        setattr(TritonPrinter, f"_print_{_name}", _method)
-del _name, _method
+route_math_module(TritonPrinter)
 
 
 def triton_code(expr) -> str:

@@ -66,6 +66,9 @@ def test_printer_refuses_what_it_cannot_spell():
     x = sp.Symbol("x")
     with pytest.raises(UnsupportedNode, match="besselj"):
         TorchPrinter().doprint(sp.besselj(0, x))
+    for e in (sp.sinh(x), sp.log(x), sp.pi * x):     # not math.sinh / math.pi on tensors
+        with pytest.raises(UnsupportedNode):
+            TorchPrinter().doprint(e)
     with pytest.raises(UnsupportedNode, match="Pow"):
         TorchPrinter().doprint(x ** sp.Rational(1, 3))
 

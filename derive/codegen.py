@@ -81,12 +81,16 @@ def layer_step(name: str) -> Step:
     ))
 
 
+#: rule -> the arguments it takes besides the expression, read off the form.
+_RULE_ARGS = {"sech2": lambda form: (),
+              "isru_hypot": lambda form: (form.var, form.var, form.scalars[0])}
+
+
 def _rewrite(form: Form, e: sp.Expr) -> Rewritten:
     """Apply the form's safety rule to e and check the application."""
     rule = RULES[form.rule]
     e = form.in_var(e)
-    args = (form.var, form.var, form.scalars[0]) if form.rule == "isru_hypot" else ()
-    out = rule.apply(e, *args)
+    out = rule.apply(e, *_RULE_ARGS[form.rule](form))
     check(Step(f"{form.name}:{form.rule}", out.expr, rule.fixes,
                (application_obligation(form.rule, e, out),)))
     return out

@@ -10,7 +10,7 @@ import sympy as sp
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.pycode import PythonCodePrinter
 
-from .rewrites import ChannelSum, Hypot
+from .rewrites import Hypot
 
 
 PREC_MUL = PRECEDENCE["Mul"]

@@ -13,7 +13,7 @@ from . import norms, ode
 from .explicit import jacobian_obligations
 from .properties import shape_obligations
 from .steps import Step, check, equal, limit, series
-from .symbols import C, K, R, S, alpha, beta, epsilon, gamma, sigma, u, v, x, x_k, y, y_k
+from .symbols import C, K, R, S, alpha, beta, epsilon, gamma, sigma, u, x, x_k, y, y_k
 
 SIZES = range(2, 7)  # the concrete C checked against Matrix.jacobian
 

@@ -52,7 +52,7 @@ def _form_function(name: str) -> type[torch.autograd.Function]:
     def setup_context(ctx, inputs, output):
         x, weight, bias, *scalars = inputs
         ctx.save_for_backward(x, weight, *scalars)
-        ctx.has_bias = bias is not None
+        ctx.bias_dtype = None if bias is None else bias.dtype
 
     def backward_(ctx, grad):
         x, weight, *scalars = ctx.saved_tensors
@@ -63,7 +63,8 @@ def _form_function(name: str) -> type[torch.autograd.Function]:
         need = ctx.needs_input_grad
         out_x = gx.to(x.dtype) if need[0] else None
         out_w = _sum_to(gw, weight) if need[1] else None
-        out_b = _sum_to(grad.to(ct), weight) if ctx.has_bias and need[2] else None
+        out_b = (_sum_to(grad.to(ct), weight).to(ctx.bias_dtype)
+                 if ctx.bias_dtype is not None and need[2] else None)
         out_s = [_sum_to(g, p) if need[3 + i] else None
                  for i, (g, p) in enumerate(zip(gscalars, scalars))]
         return (out_x, out_w, out_b, *out_s)

@@ -18,7 +18,6 @@ and the time ratio against ``eager`` measured in the same run.
 """
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from dataclasses import dataclass

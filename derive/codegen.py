@@ -14,7 +14,8 @@ import sympy as sp
 
 from .catalog import result
 from .printer import torch_code
-from .rewrites import RULES, Rewritten, application_obligation
+from .rewrites import (KERNEL_RULES, RULES, TEMPLATES, TORCH_RULES, Rewritten, apply_kernel_rule,
+                       application_obligation, template_obligation)
 from .steps import Step, check, equal, limit
 from .symbols import alpha, beta, m, mu, x
 
@@ -94,6 +95,29 @@ def _rewrite(form: Form, e: sp.Expr) -> Rewritten:
     check(Step(f"{form.name}:{form.rule}", out.expr, rule.fixes,
                (application_obligation(form.rule, e, out),)))
     return out
+
+
+def _applies(rule: str, r: Rewritten) -> bool:
+    return any(TEMPLATES[rule].instances(e) for e in (r.expr, *r.defs.values()))
+
+
+@cache
+def proven(rule: str) -> Step:
+    """The rule's own proof (its template equals, or approximates within its bound, the
+    function it replaces), checked once before the rule is applied anywhere."""
+    return check(Step(rule, 0, RULES[rule].fixes, tuple(RULES[rule].proof())))
+
+
+def template_rewrite(rules, where: str, r: Rewritten) -> Rewritten:
+    """Apply each template rule that has something to replace; check each application."""
+    for rule in rules:
+        if _applies(rule, r):
+            proven(rule)
+            out = apply_kernel_rule(rule, r)
+            check(Step(f"{where}:{rule}", out.expr, RULES[rule].fixes,
+                       (template_obligation(rule, r, out),)))
+            r = out
+    return r
 
 
 # -- functions to print -------------------------------------------------------------------
@@ -183,12 +207,38 @@ def module(title: str, functions: list[Function]) -> str:
     return (f'{BANNER}"""{title}"""\nimport torch\n\n__all__ = [{names}]\n\n\n{body}')
 
 
+def torch_functions(name: str) -> list[Function]:
+    """The layer functions of one form with the speed rules applied (each checked)."""
+    return [Function(f.name, f.args, tuple((n, template_rewrite(TORCH_RULES, f"{f.name}:{n}", r))
+                                           for n, r in f.outputs), f.doc, f.prologue)
+            for f in _layer_functions(name)]
+
+
+def fused_functions(name: str) -> list[Function]:
+    """The forward (with bias) and backward of one form for torch.compile: the kernels'
+    rules (exp and a polynomial, branches as torch.where), which fuse into one loop."""
+    forward, _, backward = _layer_functions(name)
+    out = []
+    for what, f in (("forward", forward), ("backward", backward)):
+        used = [rule for rule in KERNEL_RULES if any(_applies(rule, r) for _, r in f.outputs)]
+        outputs = tuple((n, template_rewrite(KERNEL_RULES, f"{name}_fused_{what}:{n}", r))
+                        for n, r in f.outputs)
+        doc = (f"{f.doc.splitlines()[0].rstrip(':')}.\n\nThe same formulas as {f.name}, "
+               f"with the kernel rules ({', '.join(used)}) instead of the speed rules: "
+               "for torch.compile, which fuses them into one loop.")
+        out.append(Function(f"{name}_fused_{what}", f.args, outputs, doc, f.prologue))
+    return out
+
+
 def layers_module() -> str:
-    fns = [f for name in FORMS for f in _layer_functions(name)]
+    fns = [f for name in FORMS for f in (*torch_functions(name), *fused_functions(name))]
     return module(
         "The layer forms DyT, DyISRU and their LayerNorm forms: forward and backward.\n\n"
         "Pure tensor functions; inputs are already in the compute dtype (float32, or float64).\n"
-        "numeric/_autograd.py wraps each form in an autograd.Function that saves x only.\n", fns)
+        "Per form: forward, forward_nobias and backward op by op (the speed rules: expm1 and\n"
+        "sigmoid, not tanh and cosh), and fused_forward, fused_backward for torch.compile (the\n"
+        "kernel rules). numeric/_autograd.py wraps each form in an autograd.Function that saves\n"
+        "x only.\n", fns)
 
 
 def norms_module() -> str:

@@ -25,11 +25,9 @@ from functools import cache
 import sympy as sp
 
 from .catalog import result
-from .codegen import (BANNER, FORMS, _layer_functions, _ops, bias, grad, layer_step, shift,
-                      statements, weight)
-from .rewrites import (KERNEL_RULES, RULES, TEMPLATES, Rewritten, apply_kernel_rule,
-                       template_obligation)
-from .steps import Step, check
+from .codegen import (BANNER, FORMS, _applies, _layer_functions, _ops, bias, grad, layer_step,
+                      proven, shift, statements, template_rewrite, weight)
+from .rewrites import KERNEL_RULES, Rewritten
 from .symbols import x
 from .triton_printer import triton_code
 
@@ -38,27 +36,9 @@ FLOAT32_MAX = sp.Symbol("FLOAT32_MAX", positive=True)
 _CLAMP = sp.Max(sp.Min(x, FLOAT32_MAX), -FLOAT32_MAX)  # NaN-propagating: NaN stays NaN
 
 
-def _applies(rule: str, r: Rewritten) -> bool:
-    return any(TEMPLATES[rule].instances(e) for e in (r.expr, *r.defs.values()))
-
-
-@cache
-def proven(rule: str) -> Step:
-    """The rule's own proof (its template equals, or approximates within its bound, the
-    function it replaces), checked once before the rule is applied anywhere."""
-    return check(Step(rule, 0, RULES[rule].fixes, tuple(RULES[rule].proof())))
-
-
 def kernel_rewrite(where: str, r: Rewritten) -> Rewritten:
     """Apply every kernel rule that has something to replace; check each application."""
-    for rule in KERNEL_RULES:
-        if _applies(rule, r):
-            proven(rule)
-            out = apply_kernel_rule(rule, r)
-            check(Step(f"{where}:{rule}", out.expr, RULES[rule].fixes,
-                       (template_obligation(rule, r, out),)))
-            r = out
-    return r
+    return template_rewrite(KERNEL_RULES, where, r)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ import sympy as sp
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.pycode import PythonCodePrinter
 
-from .rewrites import Hypot
+from sympy.codegen.cfunctions import expm1
+
+from .rewrites import CopySign, Hypot, Sigmoid
 
 
 PREC_MUL = PRECEDENCE["Mul"]
@@ -28,7 +30,17 @@ KNOWN_FUNCTIONS = {
     sp.exp: "torch.exp",
     sp.Abs: "torch.abs",
     Hypot: "torch.hypot",
+    expm1: "torch.expm1",
+    Sigmoid: "torch.sigmoid",
+    CopySign: "torch.copysign",
 }
+
+
+#: Relational class -> Python operator (elementwise on tensors).
+RELATIONS = {sp.StrictLessThan: "<", sp.LessThan: "<=", sp.StrictGreaterThan: ">",
+             sp.GreaterThan: ">=", sp.Equality: "==", sp.Unequality: "!="}
+#: Max/Min -> torch's elementwise (NaN-propagating) maximum/minimum.
+MINMAX = {sp.Max: "torch.maximum", sp.Min: "torch.minimum"}
 
 
 class TorchPrinter(PythonCodePrinter):
@@ -50,6 +62,40 @@ class TorchPrinter(PythonCodePrinter):
 
     def _print_Hypot(self, expr):
         return self._print_Function(expr)
+
+    _print_expm1 = _print_Sigmoid = _print_Hypot
+
+    def _print_CopySign(self, expr):
+        """copysign(-m, s) = copysign(m, s): copysign takes only the magnitude of its first
+        argument, so a negation there is dropped (one op fewer)."""
+        m, s = expr.args
+        if m.could_extract_minus_sign():
+            m = -m
+        return f"torch.copysign({self._print(m)}, {self._print(s)})"
+
+    def _print_MinMaxBase(self, expr):
+        first, *rest = [self._print(a) for a in expr.args]
+        for other in rest:
+            first = f"{MINMAX[expr.func]}({first}, {other})"
+        return first
+
+    _print_Max = _print_Min = _print_MinMaxBase
+
+    def _print_Piecewise(self, expr):
+        """(v1, c1), ..., (vn, True) -> torch.where(c1, v1, torch.where(..., vn))."""
+        *pieces, (last, cond) = expr.args
+        if cond != sp.true:
+            return self._print_not_supported(expr)
+        out = self._print(last)
+        for value, c in reversed(pieces):
+            out = f"torch.where({self._print(c)}, {self._print(value)}, {out})"
+        return out
+
+    def _print_Relational(self, expr):
+        op = RELATIONS.get(type(expr))
+        if op is None:
+            return self._print_not_supported(expr)
+        return f"({self._print(expr.lhs)} {op} {self._print(expr.rhs)})"
 
     def _print_ChannelSum(self, expr):
         return f"torch.sum({self._print(expr.args[0])}, dim=-1, keepdim=True)"

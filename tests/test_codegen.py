@@ -25,7 +25,10 @@ def test_banner_and_spellings():
         assert "pow(" not in text and "torch.pow" not in text
     assert "torch.rsqrt" in norms                    # 1/sqrt prints as rsqrt
     assert "torch.hypot" in layers                   # the overflow-safe ISRU
-    assert "torch.cosh" in layers and "1 - torch.tanh" not in layers  # sech^2, not 1 - tanh^2
+    assert "1 - torch.tanh" not in layers            # sech^2, not 1 - tanh^2
+    # the speed rules: no torch.tanh or torch.cosh, their expm1 and sigmoid templates instead
+    assert "torch.tanh" not in layers and "torch.cosh" not in layers
+    assert "torch.expm1(-2*torch.abs(u))" in layers and "torch.sigmoid(s0)" in layers
     assert "torch.addcmul(bias, weight" in layers    # y = bias + weight * f in one op
     assert "Operations after CSE:" in layers
 

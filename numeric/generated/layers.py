@@ -3,11 +3,14 @@
 """The layer forms DyT, DyISRU and their LayerNorm forms: forward and backward.
 
 Pure tensor functions; inputs are already in the compute dtype (float32, or float64).
-numeric/_autograd.py wraps each form in an autograd.Function that saves x only.
+Per form: forward, forward_nobias and backward op by op (the speed rules: expm1 and
+sigmoid, not tanh and cosh), and fused_forward, fused_backward for torch.compile (the
+kernel rules). numeric/_autograd.py wraps each form in an autograd.Function that saves
+x only.
 """
 import torch
 
-__all__ = ["dyt_forward", "dyt_forward_nobias", "dyt_backward", "dyisru_forward", "dyisru_forward_nobias", "dyisru_backward", "dyt_ln_forward", "dyt_ln_forward_nobias", "dyt_ln_backward", "dyisru_ln_forward", "dyisru_ln_forward_nobias", "dyisru_ln_backward"]
+__all__ = ["dyt_forward", "dyt_forward_nobias", "dyt_backward", "dyt_fused_forward", "dyt_fused_backward", "dyisru_forward", "dyisru_forward_nobias", "dyisru_backward", "dyisru_fused_forward", "dyisru_fused_backward", "dyt_ln_forward", "dyt_ln_forward_nobias", "dyt_ln_backward", "dyt_ln_fused_forward", "dyt_ln_fused_backward", "dyisru_ln_forward", "dyisru_ln_forward_nobias", "dyisru_ln_backward", "dyisru_ln_fused_forward", "dyisru_ln_fused_backward"]
 
 
 def dyt_forward(x, alpha, weight, bias):
@@ -15,18 +18,22 @@ def dyt_forward(x, alpha, weight, bias):
 
     From the catalog's dyt = gamma*tanh(alpha*x): the bound promoted to weight, plus bias.
 
-    Operations after CSE: 4.
+    Operations after CSE: 11.
     """
-    y = torch.addcmul(bias, weight, torch.tanh(x*alpha))
+    u = x*alpha
+    d = torch.expm1(-2*torch.abs(u))
+    y = torch.addcmul(bias, weight, torch.copysign(d/(d + 2), u))
     return y
 
 
 def dyt_forward_nobias(x, alpha, weight):
     """dyt without bias: y = weight*tanh(alpha*x)
 
-    Operations after CSE: 3.
+    Operations after CSE: 10.
     """
-    y = weight*torch.tanh(x*alpha)
+    u = x*alpha
+    d = torch.expm1(-2*torch.abs(u))
+    y = weight*torch.copysign(d/(d + 2), u)
     return y
 
 
@@ -37,13 +44,50 @@ def dyt_backward(grad, x, alpha, weight):
         grad_alpha = grad * weight*x*(1 - tanh(alpha*x)**2)
         grad_weight = grad * tanh(alpha*x)
 
-    Operations after CSE: 9.
+    Operations after CSE: 18.
     """
-    t0 = x*alpha
-    t1 = grad*weight/(torch.square(torch.cosh(t0)))
+    u = x*alpha
+    s0 = -2*torch.abs(u)
+    sg = torch.sigmoid(s0)
+    d = torch.expm1(s0)
+    t0 = 4*grad*weight*sg*(1 - sg)
+    grad_x = t0*alpha
+    grad_alpha = t0*x
+    grad_weight = grad*torch.copysign(d/(d + 2), u)
+    return grad_x, grad_alpha, grad_weight
+
+
+def dyt_fused_forward(x, alpha, weight, bias):
+    """dyt: y = bias + weight*tanh(alpha*x).
+
+    The same formulas as dyt_forward, with the kernel rules (tanh_exp) instead of the speed rules: for torch.compile, which fuses them into one loop.
+
+    Operations after CSE: 28.
+    """
+    u = x*alpha
+    e = torch.exp(-2*torch.abs(u))
+    t0 = (u * u)
+    t1 = (1 - e)/(e + 1)
+    y = torch.addcmul(bias, weight, torch.where((torch.abs(u) < 0.25), u*(t0*(t0*(t0*(0.021869488536155203*t0 - 0.05396825396825397) + 0.13333333333333333) - 0.3333333333333333) + 1), torch.where((u < 0), -t1, t1)))
+    return y
+
+
+def dyt_fused_backward(grad, x, alpha, weight):
+    """dyt: the derivatives of y = bias + weight*tanh(alpha*x), times grad, element by element (the caller sums over the broadcast dimensions).
+
+    The same formulas as dyt_backward, with the kernel rules (tanh_exp, sech2_exp) instead of the speed rules: for torch.compile, which fuses them into one loop.
+
+    Operations after CSE: 34.
+    """
+    u = x*alpha
+    e = torch.exp(-2*torch.abs(u))
+    t0 = e + 1
+    t1 = 4*grad*weight*e/(t0 * t0)
+    t2 = (u * u)
+    t3 = (1 - e)/t0
     grad_x = t1*alpha
     grad_alpha = t1*x
-    grad_weight = grad*torch.tanh(t0)
+    grad_weight = grad*torch.where((torch.abs(u) < 0.25), u*(t2*(t2*(t2*(0.021869488536155203*t2 - 0.05396825396825397) + 0.13333333333333333) - 0.3333333333333333) + 1), torch.where((u < 0), -t3, t3))
     return grad_x, grad_alpha, grad_weight
 
 
@@ -92,25 +136,70 @@ def dyisru_backward(grad, x, beta, weight):
     return grad_x, grad_beta, grad_weight
 
 
+def dyisru_fused_forward(x, beta, weight, bias):
+    """dyisru: y = bias + weight*x/sqrt(beta + x**2).
+
+    The same formulas as dyisru_forward, with the kernel rules (hypot_minmax) instead of the speed rules: for torch.compile, which fuses them into one loop.
+
+    Operations after CSE: 15.
+    """
+    s0 = torch.abs(x)
+    s1 = torch.sqrt(beta)
+    hmax = torch.maximum(s0, s1)
+    hmin = torch.minimum(s0, s1)
+    hratio = hmin/hmax
+    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
+    q = x/h
+    y = torch.addcmul(bias, weight, q)
+    return y
+
+
+def dyisru_fused_backward(grad, x, beta, weight):
+    """dyisru: the derivatives of y = bias + weight*x/sqrt(beta + x**2), times grad, element by element (the caller sums over the broadcast dimensions).
+
+    The same formulas as dyisru_backward, with the kernel rules (hypot_minmax) instead of the speed rules: for torch.compile, which fuses them into one loop.
+
+    Operations after CSE: 25.
+    """
+    s0 = torch.abs(x)
+    s1 = torch.sqrt(beta)
+    hmax = torch.maximum(s0, s1)
+    hmin = torch.minimum(s0, s1)
+    hratio = hmin/hmax
+    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
+    s2 = (1 / h)
+    p = s1*s2
+    q = s2*x
+    t0 = grad*q
+    grad_x = grad*weight*(p * p)/h
+    grad_beta = -0.5*t0*weight/(h * h)
+    grad_weight = t0
+    return grad_x, grad_beta, grad_weight
+
+
 def dyt_ln_forward(x, alpha, shift, weight, bias):
     """dyt_ln: y = bias + weight*tanh(alpha*z), z = x - shift
 
     From the catalog's dyt_ln = gamma*tanh(alpha*(-mu + x)): the bound promoted to weight, plus bias.
 
-    Operations after CSE: 4.
+    Operations after CSE: 11.
     """
     z = x - shift
-    y = torch.addcmul(bias, weight, torch.tanh(z*alpha))
+    u = z*alpha
+    d = torch.expm1(-2*torch.abs(u))
+    y = torch.addcmul(bias, weight, torch.copysign(d/(d + 2), u))
     return y
 
 
 def dyt_ln_forward_nobias(x, alpha, shift, weight):
     """dyt_ln without bias: y = weight*tanh(alpha*z)
 
-    Operations after CSE: 3.
+    Operations after CSE: 10.
     """
     z = x - shift
-    y = weight*torch.tanh(z*alpha)
+    u = z*alpha
+    d = torch.expm1(-2*torch.abs(u))
+    y = weight*torch.copysign(d/(d + 2), u)
     return y
 
 
@@ -122,16 +211,57 @@ def dyt_ln_backward(grad, x, alpha, shift, weight):
         grad_shift = grad * -alpha*weight*(1 - tanh(alpha*z)**2)
         grad_weight = grad * tanh(alpha*z)
 
-    Operations after CSE: 10.
+    Operations after CSE: 19.
     """
     z = x - shift
-    t0 = z*alpha
-    t1 = grad*weight/(torch.square(torch.cosh(t0)))
+    u = z*alpha
+    s0 = -2*torch.abs(u)
+    sg = torch.sigmoid(s0)
+    d = torch.expm1(s0)
+    t0 = 4*grad*weight*sg*(1 - sg)
+    t1 = t0*alpha
+    grad_x = t1
+    grad_alpha = t0*z
+    grad_shift = -t1
+    grad_weight = grad*torch.copysign(d/(d + 2), u)
+    return grad_x, grad_alpha, grad_shift, grad_weight
+
+
+def dyt_ln_fused_forward(x, alpha, shift, weight, bias):
+    """dyt_ln: y = bias + weight*tanh(alpha*z), z = x - shift.
+
+    The same formulas as dyt_ln_forward, with the kernel rules (tanh_exp) instead of the speed rules: for torch.compile, which fuses them into one loop.
+
+    Operations after CSE: 28.
+    """
+    z = x - shift
+    u = z*alpha
+    e = torch.exp(-2*torch.abs(u))
+    t0 = (u * u)
+    t1 = (1 - e)/(e + 1)
+    y = torch.addcmul(bias, weight, torch.where((torch.abs(u) < 0.25), u*(t0*(t0*(t0*(0.021869488536155203*t0 - 0.05396825396825397) + 0.13333333333333333) - 0.3333333333333333) + 1), torch.where((u < 0), -t1, t1)))
+    return y
+
+
+def dyt_ln_fused_backward(grad, x, alpha, shift, weight):
+    """dyt_ln: the derivatives of y = bias + weight*tanh(alpha*z), z = x - shift, times grad, element by element (the caller sums over the broadcast dimensions).
+
+    The same formulas as dyt_ln_backward, with the kernel rules (tanh_exp, sech2_exp) instead of the speed rules: for torch.compile, which fuses them into one loop.
+
+    Operations after CSE: 35.
+    """
+    z = x - shift
+    u = z*alpha
+    e = torch.exp(-2*torch.abs(u))
+    t0 = e + 1
+    t1 = 4*grad*weight*e/(t0 * t0)
     t2 = t1*alpha
+    t3 = (u * u)
+    t4 = (1 - e)/t0
     grad_x = t2
     grad_alpha = t1*z
     grad_shift = -t2
-    grad_weight = grad*torch.tanh(t0)
+    grad_weight = grad*torch.where((torch.abs(u) < 0.25), u*(t3*(t3*(t3*(0.021869488536155203*t3 - 0.05396825396825397) + 0.13333333333333333) - 0.3333333333333333) + 1), torch.where((u < 0), -t4, t4))
     return grad_x, grad_alpha, grad_shift, grad_weight
 
 
@@ -177,6 +307,51 @@ def dyisru_ln_backward(grad, x, beta, shift, weight):
     s1 = (1 / h)
     p = s0*s1
     q = s1*z
+    t0 = grad*weight*(p * p)/h
+    t1 = grad*q
+    grad_x = t0
+    grad_beta = -0.5*t1*weight/(h * h)
+    grad_shift = -t0
+    grad_weight = t1
+    return grad_x, grad_beta, grad_shift, grad_weight
+
+
+def dyisru_ln_fused_forward(x, beta, shift, weight, bias):
+    """dyisru_ln: y = bias + weight*z/sqrt(beta + z**2), z = x - shift.
+
+    The same formulas as dyisru_ln_forward, with the kernel rules (hypot_minmax) instead of the speed rules: for torch.compile, which fuses them into one loop.
+
+    Operations after CSE: 15.
+    """
+    z = x - shift
+    s0 = torch.abs(z)
+    s1 = torch.sqrt(beta)
+    hmax = torch.maximum(s0, s1)
+    hmin = torch.minimum(s0, s1)
+    hratio = hmin/hmax
+    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
+    q = z/h
+    y = torch.addcmul(bias, weight, q)
+    return y
+
+
+def dyisru_ln_fused_backward(grad, x, beta, shift, weight):
+    """dyisru_ln: the derivatives of y = bias + weight*z/sqrt(beta + z**2), z = x - shift, times grad, element by element (the caller sums over the broadcast dimensions).
+
+    The same formulas as dyisru_ln_backward, with the kernel rules (hypot_minmax) instead of the speed rules: for torch.compile, which fuses them into one loop.
+
+    Operations after CSE: 26.
+    """
+    z = x - shift
+    s0 = torch.abs(z)
+    s1 = torch.sqrt(beta)
+    hmax = torch.maximum(s0, s1)
+    hmin = torch.minimum(s0, s1)
+    hratio = hmin/hmax
+    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
+    s2 = (1 / h)
+    p = s1*s2
+    q = s2*z
     t0 = grad*weight*(p * p)/h
     t1 = grad*q
     grad_x = t0

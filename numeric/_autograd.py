@@ -6,8 +6,22 @@ parameters may have another dtype (float32 parameters under bfloat16 autocast) a
 their gradients in their own dtype. x is clamped to the compute dtype's finite range
 first, so +-inf saturates to the bound (and its gradient is 0) instead of giving NaN; a
 NaN stays a NaN in its own element.
+
+Fusion: on a CPU, each generated op is a pass over the tensor, and a pass costs about as
+much as a fused evaluation of the whole formula. CPU inputs (float32, bfloat16, float16)
+of at least ``FUSE_MIN`` elements therefore run the generated ``*_fused_*`` variants (the
+same formulas with the kernels' rules; dtype policy and sums included) through
+torch.compile (inductor), which fuses them into one loop forward and one backward. Smaller
+inputs, float64, and calls inside a model that torch.compile is already tracing run the
+op-by-op functions. Compilation happens on the first large call of each form (a few seconds), per
+input dtype. ``set_fusion("off")`` or DYNORM_FUSION=off turns it off; if compiling fails
+(no C++ compiler, say), the unfused code runs and one warning says why.
 """
 from __future__ import annotations
+
+import os
+import types
+import warnings
 
 import torch
 
@@ -29,25 +43,177 @@ def _prepare(x: torch.Tensor) -> torch.Tensor:
     return x.to(ct).clamp(-big, big)
 
 
-def _sum_to(g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Sum a broadcast gradient down to the shape (and dtype) of ``like``."""
-    if like.dim() == 0:
-        return g.sum().to(like.dtype)
-    return g.reshape(-1, like.shape[-1]).sum(0).to(like.dtype)
+def _sum_rows(g: torch.Tensor, channels: int) -> torch.Tensor:
+    """A per-element gradient of a (C,) parameter summed over everything but the channels."""
+    return g.reshape(-1, channels).sum(0)
+
+
+def _to_shape(g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A summed gradient in the shape and dtype of its parameter (weight (C,) or 0-dim)."""
+    return g.reshape(like.shape).to(like.dtype)
+
+
+# -- fusion --------------------------------------------------------------------------------
+
+FUSIONS = ("auto", "off")
+#: CPU inputs with at least this many elements run fused (below, compiling does not pay).
+FUSE_MIN = 1 << 16
+
+
+def _checked_fusion(mode: str, what: str) -> str:
+    if mode not in FUSIONS:
+        raise ValueError(f"{what} must be one of {', '.join(FUSIONS)}; got {mode!r}")
+    return mode
+
+
+_fusion = _checked_fusion(os.environ.get("DYNORM_FUSION", "auto"), "DYNORM_FUSION")
+
+
+def set_fusion(mode: str) -> str:
+    """"auto" (fuse large CPU inputs) or "off", for every later call; returns the previous."""
+    global _fusion
+    previous, _fusion = _fusion, _checked_fusion(mode, "fusion")
+    return previous
+
+
+def get_fusion() -> str:
+    return _fusion
+
+
+def _fuses(x: torch.Tensor) -> bool:
+    """float64 never fuses: the fused variants' tanh polynomial is sized for float32."""
+    return (_fusion == "auto" and x.device.type == "cpu" and x.dtype != torch.float64
+            and x.numel() >= FUSE_MIN and not torch.compiler.is_compiling())
+
+
+def _own_code(fn, name: str):
+    """A copy of fn with its own code object: torch.compile keeps its compiled variants (and
+    its limit on their number) per code object, so each form and direction gets its own."""
+    code = fn.__code__.replace(co_name=name, co_qualname=name)
+    return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+
+
+class _Fused:
+    """fn compiled on first use; if compiling or running it fails, fusion is turned off
+    (one warning naming the error) and the call runs ``unfused`` (same signature)."""
+
+    def __init__(self, fn, name: str, unfused):
+        self.fn, self.name, self.unfused, self.compiled = fn, name, unfused, None
+
+    def __call__(self, *args):
+        global _fusion
+        try:
+            if self.compiled is None:
+                self.compiled = torch.compile(_own_code(self.fn, self.name), dynamic=True)
+            return self.compiled(*args)
+        except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say so once
+            _fusion = "off"
+            warnings.warn(f"dynorm: fusion turned off, {self.name} did not compile "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                          "running the generated code op by op", RuntimeWarning, stacklevel=3)
+            return self.unfused(*args)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """t as a contiguous (rows, C) tensor without autograd history: what the compiled
+    functions see is always 2-D and dense, so inputs of any rank, stride or requires_grad
+    share one compiled variant per dtype."""
+    return t.detach().reshape(-1, t.shape[-1]).contiguous()
+
+
+#: Op by op, inputs larger than this many elements go through in blocks of rows of about
+#: this size: each op's temporaries are then 1 MiB (float32), reused and in cache, instead
+#: of a new 16 MiB tensor per op at (4096, 1024), whose first touch costs more than the op.
+BLOCK = 1 << 18
+
+
+def _row_blocks(x: torch.Tensor):
+    """(x as (rows, C), slices of rows) when x is worth splitting, else (x, None)."""
+    if x.dim() == 0 or x.numel() <= BLOCK or torch.compiler.is_compiling():
+        return x, None
+    x2 = x.reshape(-1, x.shape[-1])
+    step = max(1, BLOCK // x2.shape[1])
+    return x2, [slice(i, i + step) for i in range(0, x2.shape[0], step)]
+
+
+def _blocked_forward(run, x, ps, w, b):
+    x2, blocks = _row_blocks(x)
+    if blocks is None:
+        return run(x, ps, w, b)
+    y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+    for rows in blocks:
+        y[rows] = run(x2[rows], ps, w, b)
+    return y.view(x.shape)
+
+
+def _blocked_backward(run, grad, x, ps, w):
+    """run block by block; grad_x assembled, the summed gradients added up over blocks."""
+    x2, blocks = _row_blocks(x)
+    if blocks is None:
+        return run(grad, x, ps, w)
+    g2 = grad.reshape(x2.shape)
+    gx = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+    sums = None
+    for rows in blocks:
+        gxb, gs, gw, gb = run(g2[rows], x2[rows], ps, w)
+        gx[rows] = gxb
+        part = [*gs, gw, gb]
+        sums = part if sums is None else [a + p for a, p in zip(sums, part)]
+    *gs, gw, gb = sums
+    return gx.view(x.shape), gs, gw, gb
+
+
+#: form name -> (fused forward, fused backward).
+FUSED: dict[str, tuple[_Fused, _Fused]] = {}
 
 
 def _form_function(name: str) -> type[torch.autograd.Function]:
     forward = getattr(G, f"{name}_forward")
     forward_nobias = getattr(G, f"{name}_forward_nobias")
     backward = getattr(G, f"{name}_backward")
+    fused_forward_g = getattr(G, f"{name}_fused_forward")
+    fused_backward_g = getattr(G, f"{name}_fused_backward")
+
+    def run_forward(x, ps, w, b):
+        """y in x's dtype; ps, w, b already in the compute dtype (b may be None)."""
+        xc = _prepare(x)
+        y = forward_nobias(xc, *ps, w) if b is None else forward(xc, *ps, w, b)
+        return y.to(x.dtype)
+
+    def run_backward(grad, x, ps, w):
+        """grad_x in x's dtype; the parameters' gradients summed, in the compute dtype."""
+        xc = _prepare(x)
+        gc = grad.to(xc.dtype)
+        gx, *gscalars, gw = backward(gc, xc, *ps, w)
+        return (gx.to(x.dtype), [g.sum() for g in gscalars], _sum_rows(gw, w.shape[-1]),
+                _sum_rows(gc, w.shape[-1]))
+
+    def fused_forward(x, ps, w, b):
+        """run_forward's work, for torch.compile: the fused variant, with a bias."""
+        return fused_forward_g(_prepare(x), *ps, w, b).to(x.dtype)
+
+    def fused_backward(grad, x, ps, w):
+        """run_backward's work, for torch.compile: the fused variant."""
+        xc = _prepare(x)
+        gc = grad.to(xc.dtype)
+        gx, *gscalars, gw = fused_backward_g(gc, xc, *ps, w)
+        return (gx.to(x.dtype), [g.sum() for g in gscalars], _sum_rows(gw, w.shape[-1]),
+                _sum_rows(gc, w.shape[-1]))
+
+    # Looked up by name only where a call fuses: torch.compile, tracing this Function inside
+    # a model, cannot wrap a _Fused held in a closure.
+    FUSED[name] = (_Fused(fused_forward, f"{name}_fused_forward", run_forward),
+                   _Fused(fused_backward, f"{name}_fused_backward", run_backward))
 
     def forward_(x, weight, bias, *scalars):
-        xc = _prepare(x)
-        ct = xc.dtype
-        ps = [p.to(ct) for p in scalars]
-        w = weight.to(ct)
-        y = forward_nobias(xc, *ps, w) if bias is None else forward(xc, *ps, w, bias.to(ct))
-        return y.to(x.dtype)
+        ct = compute_dtype(x.dtype)
+        ps = [p.detach().to(ct) for p in scalars]
+        w = weight.detach().to(ct)
+        b = None if bias is None else bias.detach().to(ct)
+        if _fuses(x):  # one compiled variant per dtype: no bias is a bias of zeros
+            b = torch.zeros_like(w) if b is None else b
+            return FUSED[name][0](_rows(x), ps, w, b).view(x.shape)
+        return _blocked_forward(run_forward, x, ps, w, b)
 
     def setup_context(ctx, inputs, output):
         x, weight, bias, *scalars = inputs
@@ -56,16 +222,20 @@ def _form_function(name: str) -> type[torch.autograd.Function]:
 
     def backward_(ctx, grad):
         x, weight, *scalars = ctx.saved_tensors
-        xc = _prepare(x)
-        ct = xc.dtype
-        gx, *gscalars, gw = backward(grad.to(ct), xc, *(p.to(ct) for p in scalars),
-                                     weight.to(ct))
+        ct = compute_dtype(x.dtype)
+        ps = [p.detach().to(ct) for p in scalars]
+        w = weight.detach().to(ct)
+        if _fuses(x):
+            gx, gscalars, gw, gb = FUSED[name][1](_rows(grad), _rows(x), ps, w)
+            gx = gx.view(x.shape)
+        else:
+            gx, gscalars, gw, gb = _blocked_backward(run_backward, grad, x, ps, w)
         need = ctx.needs_input_grad
-        out_x = gx.to(x.dtype) if need[0] else None
-        out_w = _sum_to(gw, weight) if need[1] else None
-        out_b = (_sum_to(grad.to(ct), weight).to(ctx.bias_dtype)
+        out_x = gx if need[0] else None
+        out_w = _to_shape(gw, weight) if need[1] else None
+        out_b = (_to_shape(gb, weight).to(ctx.bias_dtype)
                  if ctx.bias_dtype is not None and need[2] else None)
-        out_s = [_sum_to(g, p) if need[3 + i] else None
+        out_s = [_to_shape(g, p) if need[3 + i] else None
                  for i, (g, p) in enumerate(zip(gscalars, scalars))]
         return (out_x, out_w, out_b, *out_s)
 

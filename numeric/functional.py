@@ -9,11 +9,14 @@ whatever the parameters' dtype (float32 parameters under mixed precision are fin
     dyisru_ln(x, beta, shift, weight, bias) weight * (x - shift) / sqrt(beta + (x - shift)^2) + bias
 
 x: (..., C); alpha, beta, shift: 0-dim; weight, bias: (C,) or None (bias None means 0).
+
+CPU inputs of at least 65,536 elements run fused (torch.compile of the same generated code,
+compiled on the first such call); ``set_fusion("off")`` or DYNORM_FUSION=off turns that off.
 """
 from __future__ import annotations
 
 from . import _autograd
-from ._autograd import compute_dtype  # noqa: F401  (part of the functional API)
+from ._autograd import compute_dtype, get_fusion, set_fusion  # noqa: F401  (the API)
 
 
 def dyt(x, alpha, weight, bias=None):

@@ -1,8 +1,9 @@
 """``python -m numeric bench``: our layers against what a user would pick instead.
 
 For each shape and dtype, forward and forward+backward of:
-- ``ours``: numeric.functional (the generated PyTorch code in an autograd.Function that
-  saves x only), on every device;
+- ``ours``: numeric.functional as a user calls it (the generated PyTorch code in an
+  autograd.Function that saves x only; on a CPU, fused by torch.compile at these sizes);
+- ``ours-unfused``: the same with fusion off (``set_fusion("off")``): op by op (CPU);
 - ``ours-triton``: the generated Triton kernels (CUDA, when numeric.kernels is usable);
 - ``eager``: the composition a user writes, ``w * tanh(a * x) + b`` (DyT) or
   ``w * x * rsqrt(beta + x * x) + b`` (DyISRU);
@@ -53,6 +54,7 @@ class Case:
     layer: str
     fn: Callable
     params: list[torch.Tensor]
+    fusion: str = "auto"   # numeric.functional's fusion switch while this case runs
 
 
 def _eager_dyt(x, a, w, b):
@@ -92,8 +94,10 @@ def cases(C: int, device: str, dtype) -> list[Case]:
     out = []
     for layer, ours, eager in (("dyt", F.dyt, _eager_dyt), ("dyisru", F.dyisru, _eager_dyisru)):
         p = _params(layer, C, device, dtype)
-        out += [Case("ours", layer, ours, p), Case("eager", layer, eager, p),
-                Case("compiled", layer, _compiled(eager), p)]
+        out += [Case("eager", layer, eager, p), Case("compiled", layer, _compiled(eager), p),
+                Case("ours", layer, ours, p)]
+        if device == "cpu":
+            out.append(Case("ours-unfused", layer, ours, p, fusion="off"))
         if device == "cuda":
             try:
                 from . import kernels
@@ -181,6 +185,14 @@ def copy_bandwidth(x, reps: int, device: str) -> float:
 
 
 def measure(case: Case, shape, dtype, device, reps, mode) -> dict:
+    previous = F.set_fusion(case.fusion)
+    try:
+        return _measure(case, shape, dtype, device, reps, mode)
+    finally:
+        F.set_fusion(previous)
+
+
+def _measure(case: Case, shape, dtype, device, reps, mode) -> dict:
     g = torch.Generator(device=device).manual_seed(0)
     xs = [torch.randn(shape, generator=g, device=device).to(dtype) for _ in range(ROTATE)]
     grads = [torch.randn(shape, generator=g, device=device).to(dtype) for _ in range(ROTATE)]

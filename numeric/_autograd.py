@@ -13,9 +13,9 @@ of at least ``FUSE_MIN`` elements therefore run the generated ``*_fused_*`` vari
 same formulas with the kernels' rules; dtype policy and sums included) through
 torch.compile (inductor), which fuses them into one loop forward and one backward. Smaller
 inputs, float64, and calls inside a model that torch.compile is already tracing run the
-op-by-op functions. Compilation happens on the first large call of each form (a few seconds), per
-input dtype. ``set_fusion("off")`` or DYNORM_FUSION=off turns it off; if compiling fails
-(no C++ compiler, say), the unfused code runs and one warning says why.
+op-by-op functions. Compilation happens on the first large call of each form and input
+dtype (a few seconds). ``set_fusion("off")`` or DYNORM_FUSION=off turns it off; if
+compiling fails (no C++ compiler, say), the op-by-op code runs and one warning says why.
 """
 from __future__ import annotations
 
@@ -89,13 +89,18 @@ def _fuses(x: torch.Tensor) -> bool:
 def _own_code(fn, name: str):
     """A copy of fn with its own code object: torch.compile keeps its compiled variants (and
     its limit on their number) per code object, so each form and direction gets its own."""
-    code = fn.__code__.replace(co_name=name, co_qualname=name)
+    names = {"co_name": name}
+    if hasattr(fn.__code__, "co_qualname"):  # Python 3.11+
+        names["co_qualname"] = name
+    code = fn.__code__.replace(**names)
     return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
 
 
 class _Fused:
-    """fn compiled on first use; if compiling or running it fails, fusion is turned off
-    (one warning naming the error) and the call runs ``unfused`` (same signature)."""
+    """fn compiled on first use. If the compiled call fails, the call runs ``unfused`` (same
+    signature): if that fails too, the inputs were at fault and its error is raised alone;
+    if it succeeds, the compiler was, and fusion is turned off with one warning naming the
+    compiler's error."""
 
     def __init__(self, fn, name: str, unfused):
         self.fn, self.name, self.unfused, self.compiled = fn, name, unfused, None
@@ -106,12 +111,18 @@ class _Fused:
             if self.compiled is None:
                 self.compiled = torch.compile(_own_code(self.fn, self.name), dynamic=True)
             return self.compiled(*args)
-        except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say so once
-            _fusion = "off"
-            warnings.warn(f"dynorm: fusion turned off, {self.name} did not compile "
-                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                          "running the generated code op by op", RuntimeWarning, stacklevel=3)
-            return self.unfused(*args)
+        except Exception as e:  # noqa: BLE001 - whatever the compiler raised: see below
+            failure = e
+        try:
+            out = self.unfused(*args)
+        except Exception as e:  # noqa: BLE001 - the inputs' own error, without the compiler's
+            raise e from None
+        _fusion = "off"
+        first = str(failure).splitlines()[0] if str(failure) else ""
+        warnings.warn(f"dynorm: fusion turned off, {self.name} did not compile "
+                      f"({type(failure).__name__}: {first}); running the generated code op by "
+                      "op", RuntimeWarning, stacklevel=3)
+        return out
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:

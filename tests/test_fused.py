@@ -147,6 +147,20 @@ def test_a_compiler_failure_falls_back_with_one_warning(monkeypatch):
         _autograd.set_fusion(previous)
 
 
+def test_bad_inputs_raise_their_own_error_and_leave_fusion_on(monkeypatch):
+    """A shape mismatch is the caller's error, not the compiler's: torch's message, once,
+    and fusion stays on."""
+    monkeypatch.setattr(_autograd, "FUSE_MIN", 0)
+    previous = _autograd.set_fusion("auto")
+    try:
+        with pytest.raises(RuntimeError, match="size of tensor a") as info:
+            F.dyt(torch.ones(3, 4), torch.tensor(0.5), torch.ones(5))
+        assert info.value.__cause__ is None and info.value.__suppress_context__
+        assert _autograd.get_fusion() == "auto"
+    finally:
+        _autograd.set_fusion(previous)
+
+
 def test_fusion_switch_rejects_unknown_modes():
     with pytest.raises(ValueError, match="fusion must be one of auto, off; got 'on'"):
         _autograd.set_fusion("on")

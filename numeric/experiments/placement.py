@@ -354,12 +354,16 @@ def summary_paragraphs(r: dict, size: dict, tables: dict) -> list[str]:
         f"floor 0), {size['steps']} steps of AdamW at lr {size['lr']:g} without warmup, batch "
         f"{size['batch']}, the same seed and batches for every configuration. Lowest final "
         f"loss: {best} ({final[best]:.3g}); highest: {worst} ({final[worst]:.3g}). LayerNorm "
-        f"and RMSNorm curves coincide (final losses within {ln_rms:.1%}). Still above half "
-        f"the guessing loss ln({size['vocab'] - 1}) = {guess:.3g} at the end: "
-        f"{', '.join(stuck) or 'none'}; a stack on such a plateau leaves it at a step that "
-        "depends even on the summation order (thread count), so read that curve as "
-        "'slow to start', not as a fixed number. One seed: differences of a few percent "
-        "between the other curves are not evidence.",
+        f"and RMSNorm curves coincide (final losses within {ln_rms:.1%}). "
+        + (f"Still above half the guessing loss ln({size['vocab'] - 1}) = {guess:.3g} at the "
+           f"end: {', '.join(stuck)}; a stack on such a plateau leaves it at a step that "
+           "depends even on the summation order (thread count), so read that curve as "
+           "'slow to start', not as a fixed number. " if stuck else
+           f"None is still above half the guessing loss ln({size['vocab'] - 1}) = "
+           f"{guess:.3g} at the end; the slowest curve leaves its plateau at a step that "
+           "depends even on the summation order (thread count, the rounding of the layers' "
+           "code), so read its final loss as 'slow to start', not as a fixed number. ")
+        + "One seed: differences of a few percent between the other curves are not evidence.",
         tables["losses"],
         f"Run time: {r['seconds']:.0f} s (gradients {r['seconds_grads']:.0f} s, training "
         f"{r['seconds_train']:.0f} s).",

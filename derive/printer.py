@@ -7,10 +7,9 @@ error naming it. Powers print as multiplications, square roots as torch.sqrt/tor
 from __future__ import annotations
 
 import sympy as sp
+from sympy.codegen.cfunctions import expm1
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.pycode import PythonCodePrinter
-
-from sympy.codegen.cfunctions import expm1
 
 from .rewrites import CopySign, Hypot, Sigmoid
 
@@ -39,12 +38,46 @@ KNOWN_FUNCTIONS = {
 #: Relational class -> Python operator (elementwise on tensors).
 RELATIONS = {sp.StrictLessThan: "<", sp.LessThan: "<=", sp.StrictGreaterThan: ">",
              sp.GreaterThan: ">=", sp.Equality: "==", sp.Unequality: "!="}
-#: Max/Min -> torch's elementwise (NaN-propagating) maximum/minimum.
-MINMAX = {sp.Max: "torch.maximum", sp.Min: "torch.minimum"}
 
 
-class TorchPrinter(PythonCodePrinter):
+class Branches:
+    """Piecewise, Max/Min and comparisons as elementwise calls, for a printer whose
+    ``WHERE`` and ``MINMAX`` name them (``MINMAX_EXTRA``: arguments appended to each)."""
+
+    WHERE: str
+    MINMAX: dict
+    MINMAX_EXTRA = ""
+
+    def _print_MinMaxBase(self, expr):
+        first, *rest = [self._print(a) for a in expr.args]
+        for other in rest:
+            first = f"{self.MINMAX[expr.func]}({first}, {other}{self.MINMAX_EXTRA})"
+        return first
+
+    _print_Max = _print_Min = _print_MinMaxBase
+
+    def _print_Piecewise(self, expr):
+        """(v1, c1), ..., (vn, True) -> where(c1, v1, where(..., vn))."""
+        *pieces, (last, cond) = expr.args
+        if cond != sp.true:
+            return self._print_not_supported(expr)
+        out = self._print(last)
+        for value, c in reversed(pieces):
+            out = f"{self.WHERE}({self._print(c)}, {self._print(value)}, {out})"
+        return out
+
+    def _print_Relational(self, expr):
+        op = RELATIONS.get(type(expr))
+        if op is None:
+            return self._print_not_supported(expr)
+        return f"({self._print(expr.lhs)} {op} {self._print(expr.rhs)})"
+
+
+class TorchPrinter(Branches, PythonCodePrinter):
     printmethod = "_torchcode"
+    WHERE = "torch.where"
+    #: Max/Min -> torch's elementwise (NaN-propagating) maximum/minimum.
+    MINMAX = {sp.Max: "torch.maximum", sp.Min: "torch.minimum"}
 
     def __init__(self, settings=None):
         super().__init__({"strict": True, **(settings or {})})
@@ -72,30 +105,6 @@ class TorchPrinter(PythonCodePrinter):
         if m.could_extract_minus_sign():
             m = -m
         return f"torch.copysign({self._print(m)}, {self._print(s)})"
-
-    def _print_MinMaxBase(self, expr):
-        first, *rest = [self._print(a) for a in expr.args]
-        for other in rest:
-            first = f"{MINMAX[expr.func]}({first}, {other})"
-        return first
-
-    _print_Max = _print_Min = _print_MinMaxBase
-
-    def _print_Piecewise(self, expr):
-        """(v1, c1), ..., (vn, True) -> torch.where(c1, v1, torch.where(..., vn))."""
-        *pieces, (last, cond) = expr.args
-        if cond != sp.true:
-            return self._print_not_supported(expr)
-        out = self._print(last)
-        for value, c in reversed(pieces):
-            out = f"torch.where({self._print(c)}, {self._print(value)}, {out})"
-        return out
-
-    def _print_Relational(self, expr):
-        op = RELATIONS.get(type(expr))
-        if op is None:
-            return self._print_not_supported(expr)
-        return f"({self._print(expr.lhs)} {op} {self._print(expr.rhs)})"
 
     def _print_ChannelSum(self, expr):
         return f"torch.sum({self._print(expr.args[0])}, dim=-1, keepdim=True)"
@@ -154,12 +163,17 @@ class TorchPrinter(PythonCodePrinter):
 def route_math_module(cls) -> None:
     """PythonCodePrinter prints the math module's functions and constants (math.sinh,
     math.pi): none of them runs on tensors, so each goes through ``cls``'s table and raises
-    unless it is there."""
+    unless ``cls`` (or a mixin of its own, not PythonCodePrinter) prints it."""
+    own = [k for k in cls.__mro__ if not issubclass(PythonCodePrinter, k)]
+
+    def printed(name: str) -> bool:
+        return any(f"_print_{name}" in k.__dict__ for k in own)
+
     for name in PythonCodePrinter._kf:
-        if f"_print_{name}" not in cls.__dict__:
+        if not printed(name):
             setattr(cls, f"_print_{name}", cls._print_Function)
     for name in PythonCodePrinter._kc:
-        if f"_print_{name}" not in cls.__dict__:
+        if not printed(name):
             setattr(cls, f"_print_{name}", cls._print_not_supported)
 
 

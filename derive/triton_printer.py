@@ -13,7 +13,7 @@ import sympy as sp
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.pycode import PythonCodePrinter
 
-from .printer import TorchPrinter, UnsupportedNode, route_math_module
+from .printer import Branches, TorchPrinter, UnsupportedNode, route_math_module
 
 PREC_MUL = PRECEDENCE["Mul"]
 PREC_POW = PRECEDENCE["Pow"]
@@ -24,17 +24,12 @@ KNOWN_FUNCTIONS = {
     sp.Abs: "tl.abs",
 }
 
-#: SymPy Min/Max -> tl function; NaN propagates as in torch.minimum/maximum.
-MINMAX = {sp.Max: "tl.maximum", sp.Min: "tl.minimum"}
-NAN = "propagate_nan=tl.PropagateNan.ALL"
-
-#: Relational class -> Python operator.
-RELATIONS = {sp.StrictLessThan: "<", sp.LessThan: "<=", sp.StrictGreaterThan: ">",
-             sp.GreaterThan: ">=", sp.Equality: "==", sp.Unequality: "!="}
-
-
-class TritonPrinter(PythonCodePrinter):
+class TritonPrinter(Branches, PythonCodePrinter):
     printmethod = "_tritoncode"
+    WHERE = "tl.where"
+    #: SymPy Min/Max -> tl function; NaN propagates as in torch.minimum/maximum.
+    MINMAX = {sp.Max: "tl.maximum", sp.Min: "tl.minimum"}
+    MINMAX_EXTRA = ", propagate_nan=tl.PropagateNan.ALL"
 
     def __init__(self, settings=None):
         super().__init__({"strict": True, **(settings or {})})
@@ -47,31 +42,6 @@ class TritonPrinter(PythonCodePrinter):
         if name is None:
             return self._print_not_supported(expr)
         return f"{name}({', '.join(self._print(a) for a in expr.args)})"
-
-    def _print_MinMaxBase(self, expr):
-        name = MINMAX[expr.func]
-        first, *rest = [self._print(a) for a in expr.args]
-        for other in rest:
-            first = f"{name}({first}, {other}, {NAN})"
-        return first
-
-    _print_Max = _print_Min = _print_MinMaxBase
-
-    def _print_Piecewise(self, expr):
-        """(v1, c1), (v2, c2), ..., (vn, True) -> tl.where(c1, v1, tl.where(c2, v2, vn))."""
-        *pieces, (last, cond) = expr.args
-        if cond != sp.true:
-            return self._print_not_supported(expr)
-        out = self._print(last)
-        for value, c in reversed(pieces):
-            out = f"tl.where({self._print(c)}, {self._print(value)}, {out})"
-        return out
-
-    def _print_Relational(self, expr):
-        op = RELATIONS.get(type(expr))
-        if op is None:
-            return self._print_not_supported(expr)
-        return f"{self._print(expr.lhs)} {op} {self._print(expr.rhs)}"
 
     def _product(self, base, n: int) -> str:
         b = self._print(base) if base.is_Atom else f"({self._print(base)})"

@@ -334,4 +334,4 @@ def test_triton_printer_refuses_libdevice_and_multiplies_powers():
         with pytest.raises(UnsupportedNode, match=name):
             triton_code(node)
     assert triton_code(x**2 / (x + y) ** 2) == "(x * x)/((x + y) * (x + y))"
-    assert triton_code(sp.Piecewise((x, x < 0), (y, True))) == "tl.where(x < 0, x, y)"
+    assert triton_code(sp.Piecewise((x, x < 0), (y, True))) == "tl.where((x < 0), x, y)"

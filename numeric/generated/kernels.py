@@ -48,7 +48,7 @@ def dyt_forward_kernel(x_ptr, alpha_ptr, weight_ptr, bias_ptr, y_ptr, n_elements
     e = tl.exp(-2*tl.abs(u))
     t0 = (u * u)
     t1 = (1 - e)/(e + 1)
-    y = bias + weight*tl.where(tl.abs(u) < 0.25, u*(t0*(t0*(t0*(0.021869488536155203*t0 - 0.05396825396825397) + 0.13333333333333333) - 0.3333333333333333) + 1), tl.where(u < 0, -t1, t1))
+    y = bias + weight*tl.where((tl.abs(u) < 0.25), u*(t0*(t0*(t0*(0.021869488536155203*t0 - 0.05396825396825397) + 0.13333333333333333) - 0.3333333333333333) + 1), tl.where((u < 0), -t1, t1))
     tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -91,7 +91,7 @@ def dyt_backward_kernel(grad_ptr, x_ptr, alpha_ptr, weight_ptr, grad_x_ptr, part
         t3 = (1 - e)/t0
         grad_x = t1*alpha
         grad_alpha = t1*x
-        grad_weight = grad*tl.where(tl.abs(u) < 0.25, u*(t2*(t2*(t2*(0.021869488536155203*t2 - 0.05396825396825397) + 0.13333333333333333) - 0.3333333333333333) + 1), tl.where(u < 0, -t3, t3))
+        grad_weight = grad*tl.where((tl.abs(u) < 0.25), u*(t2*(t2*(t2*(0.021869488536155203*t2 - 0.05396825396825397) + 0.13333333333333333) - 0.3333333333333333) + 1), tl.where((u < 0), -t3, t3))
         grad_bias = grad
         tl.store(grad_x_ptr + offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
         sum_grad_alpha += tl.sum(tl.where(mask, grad_alpha, 0.0), axis=0)
@@ -129,7 +129,7 @@ def dyisru_forward_kernel(x_ptr, beta_ptr, weight_ptr, bias_ptr, y_ptr, n_elemen
     hmax = tl.maximum(s0, s1, propagate_nan=tl.PropagateNan.ALL)
     hmin = tl.minimum(s0, s1, propagate_nan=tl.PropagateNan.ALL)
     hratio = hmin/hmax
-    h = tl.where(hmax == 0, 0, hmax*tl.sqrt((hratio * hratio) + 1))
+    h = tl.where((hmax == 0), 0, hmax*tl.sqrt((hratio * hratio) + 1))
     q = x/h
     y = bias + q*weight
     tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -171,7 +171,7 @@ def dyisru_backward_kernel(grad_ptr, x_ptr, beta_ptr, weight_ptr, grad_x_ptr, pa
         hmax = tl.maximum(s0, s1, propagate_nan=tl.PropagateNan.ALL)
         hmin = tl.minimum(s0, s1, propagate_nan=tl.PropagateNan.ALL)
         hratio = hmin/hmax
-        h = tl.where(hmax == 0, 0, hmax*tl.sqrt((hratio * hratio) + 1))
+        h = tl.where((hmax == 0), 0, hmax*tl.sqrt((hratio * hratio) + 1))
         s2 = (1 / h)
         p = s1*s2
         q = s2*x
@@ -217,7 +217,7 @@ def dyt_ln_forward_kernel(x_ptr, alpha_ptr, shift_ptr, weight_ptr, bias_ptr, y_p
     e = tl.exp(-2*tl.abs(u))
     t0 = (u * u)
     t1 = (1 - e)/(e + 1)
-    y = bias + weight*tl.where(tl.abs(u) < 0.25, u*(t0*(t0*(t0*(0.021869488536155203*t0 - 0.05396825396825397) + 0.13333333333333333) - 0.3333333333333333) + 1), tl.where(u < 0, -t1, t1))
+    y = bias + weight*tl.where((tl.abs(u) < 0.25), u*(t0*(t0*(t0*(0.021869488536155203*t0 - 0.05396825396825397) + 0.13333333333333333) - 0.3333333333333333) + 1), tl.where((u < 0), -t1, t1))
     tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -266,7 +266,7 @@ def dyt_ln_backward_kernel(grad_ptr, x_ptr, alpha_ptr, shift_ptr, weight_ptr, gr
         grad_x = t2
         grad_alpha = t1*z
         grad_shift = -t2
-        grad_weight = grad*tl.where(tl.abs(u) < 0.25, u*(t3*(t3*(t3*(0.021869488536155203*t3 - 0.05396825396825397) + 0.13333333333333333) - 0.3333333333333333) + 1), tl.where(u < 0, -t4, t4))
+        grad_weight = grad*tl.where((tl.abs(u) < 0.25), u*(t3*(t3*(t3*(0.021869488536155203*t3 - 0.05396825396825397) + 0.13333333333333333) - 0.3333333333333333) + 1), tl.where((u < 0), -t4, t4))
         grad_bias = grad
         tl.store(grad_x_ptr + offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
         sum_grad_alpha += tl.sum(tl.where(mask, grad_alpha, 0.0), axis=0)
@@ -308,7 +308,7 @@ def dyisru_ln_forward_kernel(x_ptr, beta_ptr, shift_ptr, weight_ptr, bias_ptr, y
     hmax = tl.maximum(s0, s1, propagate_nan=tl.PropagateNan.ALL)
     hmin = tl.minimum(s0, s1, propagate_nan=tl.PropagateNan.ALL)
     hratio = hmin/hmax
-    h = tl.where(hmax == 0, 0, hmax*tl.sqrt((hratio * hratio) + 1))
+    h = tl.where((hmax == 0), 0, hmax*tl.sqrt((hratio * hratio) + 1))
     q = z/h
     y = bias + q*weight
     tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -354,7 +354,7 @@ def dyisru_ln_backward_kernel(grad_ptr, x_ptr, beta_ptr, shift_ptr, weight_ptr, 
         hmax = tl.maximum(s0, s1, propagate_nan=tl.PropagateNan.ALL)
         hmin = tl.minimum(s0, s1, propagate_nan=tl.PropagateNan.ALL)
         hratio = hmin/hmax
-        h = tl.where(hmax == 0, 0, hmax*tl.sqrt((hratio * hratio) + 1))
+        h = tl.where((hmax == 0), 0, hmax*tl.sqrt((hratio * hratio) + 1))
         s2 = (1 / h)
         p = s1*s2
         q = s2*z

@@ -19,12 +19,12 @@ compiling fails (no C++ compiler, say), the op-by-op code runs and one warning s
 """
 from __future__ import annotations
 
-import os
 import types
 import warnings
 
 import torch
 
+from ._switch import Switch
 from .generated import layers as G
 from .generated import norms as N
 
@@ -55,34 +55,24 @@ def _to_shape(g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 # -- fusion --------------------------------------------------------------------------------
 
-FUSIONS = ("auto", "off")
+#: "auto": fuse large CPU inputs; "off": never.
+FUSION = Switch("fusion", ("auto", "off"), "DYNORM_FUSION", "auto")
 #: CPU inputs with at least this many elements run fused (below, compiling does not pay).
 FUSE_MIN = 1 << 16
 
 
-def _checked_fusion(mode: str, what: str) -> str:
-    if mode not in FUSIONS:
-        raise ValueError(f"{what} must be one of {', '.join(FUSIONS)}; got {mode!r}")
-    return mode
-
-
-_fusion = _checked_fusion(os.environ.get("DYNORM_FUSION", "auto"), "DYNORM_FUSION")
-
-
 def set_fusion(mode: str) -> str:
     """"auto" (fuse large CPU inputs) or "off", for every later call; returns the previous."""
-    global _fusion
-    previous, _fusion = _fusion, _checked_fusion(mode, "fusion")
-    return previous
+    return FUSION.set(mode)
 
 
 def get_fusion() -> str:
-    return _fusion
+    return FUSION.value
 
 
 def _fuses(x: torch.Tensor) -> bool:
     """float64 never fuses: the fused variants' tanh polynomial is sized for float32."""
-    return (_fusion == "auto" and x.device.type == "cpu" and x.dtype != torch.float64
+    return (FUSION.value == "auto" and x.device.type == "cpu" and x.dtype != torch.float64
             and x.numel() >= FUSE_MIN and not torch.compiler.is_compiling())
 
 
@@ -106,7 +96,6 @@ class _Fused:
         self.fn, self.name, self.unfused, self.compiled = fn, name, unfused, None
 
     def __call__(self, *args):
-        global _fusion
         try:
             if self.compiled is None:
                 self.compiled = torch.compile(_own_code(self.fn, self.name), dynamic=True)
@@ -117,7 +106,7 @@ class _Fused:
             out = self.unfused(*args)
         except Exception as e:  # noqa: BLE001 - the inputs' own error, without the compiler's
             raise e from None
-        _fusion = "off"
+        FUSION.value = "off"
         first = str(failure).splitlines()[0] if str(failure) else ""
         warnings.warn(f"dynorm: fusion turned off, {self.name} did not compile "
                       f"({type(failure).__name__}: {first}); running the generated code op by "
@@ -178,39 +167,34 @@ def _blocked_backward(run, grad, x, ps, w):
 FUSED: dict[str, tuple[_Fused, _Fused]] = {}
 
 
-def _form_function(name: str) -> type[torch.autograd.Function]:
-    forward = getattr(G, f"{name}_forward")
-    forward_nobias = getattr(G, f"{name}_forward_nobias")
-    backward = getattr(G, f"{name}_backward")
-    fused_forward_g = getattr(G, f"{name}_fused_forward")
-    fused_backward_g = getattr(G, f"{name}_fused_backward")
+def _runners(forward, forward_nobias, backward):
+    """The forward and backward work around generated functions: dtype policy and sums.
+
+    run_forward(x, ps, w, b) -> y in x's dtype (ps, w, b in the compute dtype, b may be
+    None); run_backward(grad, x, ps, w) -> (grad_x in x's dtype, [the scalars' gradients],
+    grad_weight, grad_bias), the last three summed, in the compute dtype."""
 
     def run_forward(x, ps, w, b):
-        """y in x's dtype; ps, w, b already in the compute dtype (b may be None)."""
         xc = _prepare(x)
         y = forward_nobias(xc, *ps, w) if b is None else forward(xc, *ps, w, b)
         return y.to(x.dtype)
 
     def run_backward(grad, x, ps, w):
-        """grad_x in x's dtype; the parameters' gradients summed, in the compute dtype."""
         xc = _prepare(x)
         gc = grad.to(xc.dtype)
         gx, *gscalars, gw = backward(gc, xc, *ps, w)
         return (gx.to(x.dtype), [g.sum() for g in gscalars], _sum_rows(gw, w.shape[-1]),
                 _sum_rows(gc, w.shape[-1]))
 
-    def fused_forward(x, ps, w, b):
-        """run_forward's work, for torch.compile: the fused variant, with a bias."""
-        return fused_forward_g(_prepare(x), *ps, w, b).to(x.dtype)
+    return run_forward, run_backward
 
-    def fused_backward(grad, x, ps, w):
-        """run_backward's work, for torch.compile: the fused variant."""
-        xc = _prepare(x)
-        gc = grad.to(xc.dtype)
-        gx, *gscalars, gw = fused_backward_g(gc, xc, *ps, w)
-        return (gx.to(x.dtype), [g.sum() for g in gscalars], _sum_rows(gw, w.shape[-1]),
-                _sum_rows(gc, w.shape[-1]))
 
+def _form_function(name: str) -> type[torch.autograd.Function]:
+    g = {what: getattr(G, f"{name}_{what}") for what in
+         ("forward", "forward_nobias", "backward", "fused_forward", "fused_backward")}
+    run_forward, run_backward = _runners(g["forward"], g["forward_nobias"], g["backward"])
+    # The fused variants are printed with a bias only: a call without one passes zeros.
+    fused_forward, fused_backward = _runners(g["fused_forward"], None, g["fused_backward"])
     # Looked up by name only where a call fuses: torch.compile, tracing this Function inside
     # a model, cannot wrap a _Fused held in a closure.
     FUSED[name] = (_Fused(fused_forward, f"{name}_fused_forward", run_forward),

@@ -43,6 +43,7 @@ from functools import cache
 import torch
 
 from ._autograd import FUNCTIONS, _prepare, _scalar, compute_dtype
+from ._switch import Switch
 from .generated import layers as G
 
 __all__ = ["dyt", "dyisru", "dyt_ln", "dyisru_ln", "set_backend", "get_backend", "OPS"]
@@ -62,24 +63,16 @@ TILE = 2048
 ROW_PROGRAMS = 256
 
 
-def _checked(name: str, what: str) -> str:
-    if name not in BACKENDS:
-        raise ValueError(f"{what} must be one of {', '.join(BACKENDS)}; got {name!r}")
-    return name
-
-
-_backend = _checked(os.environ.get("DYNORM_BACKEND", "auto"), "DYNORM_BACKEND")
+BACKEND = Switch("backend", BACKENDS, "DYNORM_BACKEND", "auto")
 
 
 def set_backend(name: str) -> str:
     """Choose "auto", "triton" or "torch" for every later call; returns the previous one."""
-    global _backend
-    previous, _backend = _backend, _checked(name, "backend")
-    return previous
+    return BACKEND.set(name)
 
 
 def get_backend() -> str:
-    return _backend
+    return BACKEND.value
 
 
 @cache
@@ -93,11 +86,12 @@ def _interpreting() -> bool:
 
 def uses_triton(x: torch.Tensor) -> bool:
     """Whether a call with input x runs the Triton kernels under the current backend."""
-    if x.dtype == torch.float64 or _backend == "torch":
+    backend = BACKEND.value
+    if x.dtype == torch.float64 or backend == "torch":
         return False
     if x.device.type == "cuda":
-        return _backend == "triton" or _triton_installed()
-    if _backend == "auto":
+        return backend == "triton" or _triton_installed()
+    if backend == "auto":
         return False
     if x.device.type == "cpu" and _interpreting():
         return True

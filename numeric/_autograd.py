@@ -8,8 +8,8 @@ first, so +-inf saturates to the bound (and its gradient is 0) instead of giving
 NaN stays a NaN in its own element.
 
 Fusion: on a CPU, each generated op is a pass over the tensor (at (4096, 1024) float32,
-0.3 ms into reused memory, 1 to 2.7 ms into a new tensor), a backward is about twenty of
-them, and the whole fused backward takes about 5 ms. CPU inputs (float32, bfloat16, float16)
+0.3 ms into reused memory, 1 to 2.7 ms into a new tensor), DyT's forward and backward are
+about thirty of them, and fused they take 5 to 11 ms together. CPU inputs (float32, bfloat16, float16)
 of at least ``FUSE_MIN`` elements therefore run the generated ``*_fused_*`` variants (the
 same formulas with the kernels' rules; dtype policy and sums included) through
 torch.compile (inductor), which fuses them into one loop forward and one backward. Smaller

@@ -20,13 +20,12 @@ the caller sums the partials over programs (and channels, for a 0-dim parameter)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
 
 import sympy as sp
 
 from .catalog import result
 from .codegen import (BANNER, FORMS, _applies, _layer_functions, _ops, bias, grad, layer_step,
-                      proven, shift, statements, template_rewrite, weight)
+                      shift, statements, template_rewrite, weight)
 from .rewrites import KERNEL_RULES, Rewritten
 from .symbols import x
 from .triton_printer import triton_code
@@ -34,11 +33,6 @@ from .triton_printer import triton_code
 #: The clamp's bound: float32's largest finite value (a constexpr of the generated module).
 FLOAT32_MAX = sp.Symbol("FLOAT32_MAX", positive=True)
 _CLAMP = sp.Max(sp.Min(x, FLOAT32_MAX), -FLOAT32_MAX)  # NaN-propagating: NaN stays NaN
-
-
-def kernel_rewrite(where: str, r: Rewritten) -> Rewritten:
-    """Apply every kernel rule that has something to replace; check each application."""
-    return template_rewrite(KERNEL_RULES, where, r)
 
 
 @dataclass(frozen=True)
@@ -73,7 +67,7 @@ def _kernels(name: str) -> tuple[Kernel, Kernel]:
     forward, _, backward = _layer_functions(name)
     d_bias = ("grad_bias", Rewritten(grad * sp.diff(layer_step(name).expr, bias)))
     outs = {"forward": forward.outputs, "backward": (*backward.outputs, d_bias)}
-    done = {k: tuple((n, kernel_rewrite(f"{name}_{k}_kernel:{n}", r)) for n, r in v)
+    done = {k: tuple((n, template_rewrite(KERNEL_RULES, f"{name}_{k}_kernel:{n}", r)) for n, r in v)
             for k, v in outs.items()}
     rules = {k: tuple(rule for rule in KERNEL_RULES
                       if any(_applies(rule, r) for _, r in v)) for k, v in outs.items()}

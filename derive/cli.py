@@ -6,6 +6,7 @@ Every command is a function in COMMANDS; errors are one line on stderr and exit 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -126,11 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     except DerivationError as e:
         print(f"{PROG}: derivation failed: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader stopped (| head): not an error; before OSError,
+        # its base class. Point stdout at devnull so the exit's flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:
         print(f"{PROG}: error: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
-        return 0
 
 
 def entry_point() -> None:

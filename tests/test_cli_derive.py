@@ -90,3 +90,13 @@ def test_generate_check_names_a_stale_file_and_the_fix(tmp_path, monkeypatch, ca
     rc, out, err = run(capsys, "generate", "--check")
     assert rc == 1 and "stale: paper_notes/derivation.md" in out
     assert "python -m derive generate" in err
+
+
+def test_a_reader_that_stops_early_is_not_an_error():
+    """`dynorm derivation | head -3`: exit 0, nothing on stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "derive", "derivation"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 0 and err == ""

@@ -11,6 +11,7 @@ from typing import Callable
 
 import sympy as sp
 
+from . import derf
 from . import layernorm as ln
 from . import norms
 from . import rmsnorm as rms
@@ -76,6 +77,9 @@ ENTRIES: dict[str, Entry] = {
     "dyisru_ln": Entry(
         "DyISRU from LayerNorm (function space, exact)", lambda: ln.DYISRU_LN,
         (ln.ln_per_channel, ln.ln_promote_beta), ln.DYISRU_LN_PARAMS),
+    "derf": Entry(
+        "Derf (not from a norm: its properties, and its shift tied to the LayerNorm forms')",
+        lambda: derf.DERF, (derf.derf_properties, derf.derf_shift), derf.DERF_PARAMS),
 }
 
 NAMES = tuple(ENTRIES)

@@ -36,6 +36,7 @@ _REDUCERS: tuple[Callable[[sp.Expr], sp.Expr], ...] = (
     sp.cancel,
     sp.simplify,
     _rewrite_exp,
+    lambda e: sp.simplify(e.rewrite(sp.erf)),   # erfc(u) = 1 - erf(u)
 )
 
 

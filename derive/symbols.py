@@ -24,6 +24,7 @@ ASSUMPTIONS: dict[str, dict[str, bool]] = {
     "s": {"positive": True},      # LayerNorm's standard deviation, eps included
     "m": {"real": True},          # mean of the channels other than i
     "Q": {"nonnegative": True},   # sum over j != i of (x_j - m)^2
+    "shift": {"real": True},      # an input shift: Derf's inner shift, the layers' shift
 }
 
 _TABLE = {name: sp.Symbol(name, **a) for name, a in ASSUMPTIONS.items()}
@@ -39,7 +40,7 @@ def parse(text: str) -> sp.Expr:
     return sp.sympify(text, locals=dict(_TABLE))
 
 
-x, x_k, y, y_k, C, epsilon, sigma, S, beta, alpha, gamma, mu, s, m, Q = (
+x, x_k, y, y_k, C, epsilon, sigma, S, beta, alpha, gamma, mu, s, m, Q, shift = (
     _TABLE[n] for n in ASSUMPTIONS
 )
 

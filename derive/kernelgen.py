@@ -64,7 +64,7 @@ def _docs(name: str) -> dict[str, str]:
 def _kernels(name: str) -> tuple[Kernel, Kernel]:
     """The forward and backward bodies: codegen's outputs (and grad_bias), kernel rules."""
     form = FORMS[name]
-    forward, _, backward = _layer_functions(name)
+    forward, _, backward, *_ = _layer_functions(name)
     d_bias = ("grad_bias", Rewritten(grad * sp.diff(layer_step(name).expr, bias)))
     outs = {"forward": forward.outputs, "backward": (*backward.outputs, d_bias)}
     done = {k: tuple((n, template_rewrite(KERNEL_RULES, f"{name}_{k}_kernel:{n}", r)) for n, r in v)

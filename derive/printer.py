@@ -25,6 +25,7 @@ class UnsupportedNode(NotImplementedError):
 #: SymPy function -> torch function.
 KNOWN_FUNCTIONS = {
     sp.tanh: "torch.tanh",
+    sp.erf: "torch.erf",
     sp.cosh: "torch.cosh",
     sp.exp: "torch.exp",
     sp.Abs: "torch.abs",
@@ -91,7 +92,7 @@ class TorchPrinter(Branches, PythonCodePrinter):
             return self._print_not_supported(expr)
         return f"{name}({', '.join(self._print(a) for a in expr.args)})"
 
-    _print_tanh = _print_cosh = _print_exp = _print_Abs = _print_Function
+    _print_tanh = _print_cosh = _print_exp = _print_Abs = _print_erf = _print_Function
 
     def _print_Hypot(self, expr):
         return self._print_Function(expr)
@@ -115,23 +116,41 @@ class TorchPrinter(Branches, PythonCodePrinter):
             return f"{b} * {b}"
         return f"torch.square({self._print(base)})"
 
+    def _product(self, base, n: int) -> str:
+        b = self._print(base) if base.is_Atom else f"({self._print(base)})"
+        return " * ".join([b] * n)
+
     def _print_Pow(self, expr, rational=False):
+        """Square roots as sqrt/rsqrt, integer powers up to 4 as products (never pow)."""
         base, e = expr.args
+        if expr.is_number:        # a constant such as 1/sqrt(pi): its float64 value
+            return repr(float(expr))
         table = {
             sp.Rational(1, 2): lambda: f"torch.sqrt({self._print(base)})",
             sp.Rational(-1, 2): lambda: f"torch.rsqrt({self._print(base)})",
             sp.Integer(2): lambda: f"({self._square(base)})",
             sp.Integer(-1): lambda: f"(1 / {self.parenthesize(base, PREC_POW)})",
             sp.Integer(-2): lambda: f"(1 / ({self._square(base)}))",
+            **{sp.Integer(n): (lambda n=n: f"({self._product(base, n)})") for n in (3, 4)},
+            **{sp.Integer(-n): (lambda n=n: f"(1 / ({self._product(base, n)}))") for n in (3, 4)},
         }
         if e not in table:
             return self._print_not_supported(expr)
         return table[e]()
 
     def _print_Mul(self, expr):
-        """Factors joined by *, negative integer powers as one division (rsqrt stays a factor)."""
+        """Factors joined by *, negative integer powers as one division (rsqrt stays a factor).
+
+        v^2 times the rest prints as v*(v*rest): where v*v overflows, the rest has underflowed
+        to 0 (x^2 sech(x)^2 at |x| > 1.3e154 in float64, say), and v*(v*0) is the true 0 where
+        (v*v)*0 is inf*0 = NaN."""
         coeff, factors = expr.as_coeff_mul()
         num = [f for f in factors if not (f.is_Pow and f.exp.is_Integer and f.exp < 0)]
+        squared = [f.base for f in num if f.is_Pow and f.exp == 2 and f.base.is_Atom]
+        if squared and (len(num) > 1 or coeff != 1):
+            v = self._print(squared[0])
+            rest = self.parenthesize(expr / squared[0] ** 2, PREC_MUL)
+            return f"{v}*({v}*{rest})"
         den = [f.base ** -f.exp for f in factors if f not in num]
         sign = "-" if coeff < 0 else ""
         coeff = abs(coeff)
@@ -156,6 +175,11 @@ class TorchPrinter(Branches, PythonCodePrinter):
 
     def _print_Rational(self, expr):
         return repr(float(expr)) if expr.q != 1 else str(expr.p)
+
+    def _print_NumberSymbol(self, expr):
+        return repr(float(expr))
+
+    _print_Pi = _print_NumberSymbol
 
     _print_Half = _print_Rational
 

@@ -121,27 +121,35 @@ class Rule:
 
 # -- sech2 --------------------------------------------------------------------------------
 
-def _is_one_minus_tanh2(e) -> bool:
-    return (e.is_Add and len(e.args) == 2 and sp.S.One in e.args
-            and any(t.is_Mul and t.args[0] == -1 and t.args[1].is_Pow
-                    and t.args[1].exp == 2 and t.args[1].base.func == sp.tanh
-                    for t in e.args))
-
-
-def _tanh_arg(e):
-    t = next(a for a in e.args if a != sp.S.One)
-    return t.args[1].base.args[0]
+def _tanh2_term(e):
+    """The tanh(u)^2 in e = 1 - tanh(u)^2 or e = tanh(u)^2 - 1 (with its sign), else None."""
+    if not (e.is_Add and len(e.args) == 2 and ({sp.S.One, sp.S.NegativeOne} & set(e.args))):
+        return None
+    t = next(a for a in e.args if a not in (sp.S.One, sp.S.NegativeOne))
+    sign, square = (-1, t.args[1]) if t.is_Mul and t.args[0] == -1 and len(t.args) == 2 else (1, t)
+    if not (square.is_Pow and square.exp == 2 and square.base.func == sp.tanh):
+        return None
+    one = next(a for a in e.args if a is not t)
+    return (square.base.args[0], -sign) if one == -sign else None
 
 
 def apply_sech2(expr: sp.Expr) -> Rewritten:
-    return Rewritten(expr.replace(_is_one_minus_tanh2, lambda e: sp.cosh(_tanh_arg(e)) ** -2))
+    """1 - tanh(u)^2 -> 1/cosh(u)^2, and tanh(u)^2 - 1 -> -1/cosh(u)^2 (as SymPy writes
+    the second derivatives)."""
+    def repl(e):
+        u, sign = _tanh2_term(e)
+        return sign * sp.cosh(u) ** -2
+    return Rewritten(expr.replace(lambda e: _tanh2_term(e) is not None, repl))
 
 
 def _proof_sech2():
     u = sp.Symbol("u", real=True)
     return [equal("1 - tanh(u)^2 = 1/cosh(u)^2", 1 - sp.tanh(u) ** 2, sp.cosh(u) ** -2),
             equal("the rule rewrites d/du tanh(u)", apply_sech2(sp.diff(sp.tanh(u), u)).expr,
-                  sp.cosh(u) ** -2)]
+                  sp.cosh(u) ** -2),
+            equal("the rule rewrites tanh(u)^2 - 1 (d2/du2 tanh(u) = 2 tanh(u) (tanh(u)^2 - 1))",
+                  apply_sech2(sp.diff(sp.tanh(u), u, 2)).expr,
+                  -2 * sp.tanh(u) * sp.cosh(u) ** -2)]
 
 
 # -- isru_hypot ---------------------------------------------------------------------------
@@ -156,7 +164,10 @@ def apply_isru_hypot(expr: sp.Expr, z: sp.Expr, var: sp.Symbol, a: sp.Symbol) ->
     e = expr.subs(a + z**2, H**2)
     e = e.subs(var, sp.solve(sp.Eq(z, Q * H), var)[0]).subs(a, P**2 * H**2)
     e = sp.expand(sp.powsimp(sp.expand(e)))
-    e = sp.factor(sp.expand(e.subs(Q**2, 1 - P**2)))
+    # q^2 = 1 - p^2 in every power of q (q^3 = q (1 - p^2) in the second derivatives)
+    e = sp.factor(sp.expand(e.replace(
+        lambda t: t.is_Pow and t.base == Q and t.exp.is_Integer and t.exp >= 2,
+        lambda t: Q ** (t.exp % 2) * (1 - P**2) ** (t.exp // 2))))
     defs = {H: Hypot(sp.sqrt(a), z), Q: z / H, P: sp.sqrt(a) / H}
     return Rewritten(e, {s: v for s, v in defs.items() if s == H or e.has(s)})
 

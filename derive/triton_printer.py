@@ -22,6 +22,7 @@ PREC_POW = PRECEDENCE["Pow"]
 KNOWN_FUNCTIONS = {
     sp.exp: "tl.exp",
     sp.Abs: "tl.abs",
+    sp.erf: "tl.erf",
 }
 
 class TritonPrinter(Branches, PythonCodePrinter):
@@ -49,6 +50,8 @@ class TritonPrinter(Branches, PythonCodePrinter):
 
     def _print_Pow(self, expr, rational=False):
         base, e = expr.args
+        if expr.is_number:        # a constant such as 1/sqrt(pi): its float64 value
+            return repr(float(expr))
         table = {
             sp.Rational(1, 2): lambda: f"tl.sqrt({self._print(base)})",
             sp.Rational(-1, 2): lambda: f"tl.rsqrt({self._print(base)})",
@@ -65,6 +68,7 @@ class TritonPrinter(Branches, PythonCodePrinter):
     _print_Mul = TorchPrinter._print_Mul
     _print_Rational = TorchPrinter._print_Rational
     _print_Half = _print_Rational
+    _print_NumberSymbol = _print_Pi = TorchPrinter._print_NumberSymbol
 
 
 route_math_module(TritonPrinter)

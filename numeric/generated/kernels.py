@@ -10,7 +10,7 @@ and store in the tensors' own dtypes. numeric/kernels.py launches them.
 import triton
 import triton.language as tl
 
-__all__ = ["dyt_forward_kernel", "dyt_backward_kernel", "dyisru_forward_kernel", "dyisru_backward_kernel", "dyt_ln_forward_kernel", "dyt_ln_backward_kernel", "dyisru_ln_forward_kernel", "dyisru_ln_backward_kernel", "FLOAT32_MAX", "PARTIALS"]
+__all__ = ["dyt_forward_kernel", "dyt_backward_kernel", "dyisru_forward_kernel", "dyisru_backward_kernel", "dyt_ln_forward_kernel", "dyt_ln_backward_kernel", "dyisru_ln_forward_kernel", "dyisru_ln_backward_kernel", "derf_forward_kernel", "derf_backward_kernel", "FLOAT32_MAX", "PARTIALS"]
 
 #: x is clamped to float32's finite range: +-inf saturates with zero gradient.
 FLOAT32_MAX = tl.constexpr(3.4028234663852886e+38)
@@ -21,6 +21,7 @@ PARTIALS = {
     "dyisru": ("grad_beta", "grad_weight", "grad_bias"),
     "dyt_ln": ("grad_alpha", "grad_shift", "grad_weight", "grad_bias"),
     "dyisru_ln": ("grad_beta", "grad_shift", "grad_weight", "grad_bias"),
+    "derf": ("grad_alpha", "grad_shift", "grad_weight", "grad_bias"),
 }
 
 
@@ -176,7 +177,7 @@ def dyisru_backward_kernel(grad_ptr, x_ptr, beta_ptr, weight_ptr, grad_x_ptr, pa
         p = s1*s2
         q = s2*x
         t0 = grad*q
-        grad_x = grad*weight*(p * p)/h
+        grad_x = p*(p*(grad*weight/h))
         grad_beta = -0.5*t0*weight/(h * h)
         grad_weight = t0
         grad_bias = grad
@@ -358,7 +359,7 @@ def dyisru_ln_backward_kernel(grad_ptr, x_ptr, beta_ptr, shift_ptr, weight_ptr, 
         s2 = (1 / h)
         p = s1*s2
         q = s2*z
-        t0 = grad*weight*(p * p)/h
+        t0 = p*(p*(grad*weight/h))
         t1 = grad*q
         grad_x = t0
         grad_beta = -0.5*t1*weight/(h * h)
@@ -373,6 +374,85 @@ def dyisru_ln_backward_kernel(grad_ptr, x_ptr, beta_ptr, shift_ptr, weight_ptr, 
     row = program.to(tl.int64) * C + channels
     stride = tl.num_programs(0).to(tl.int64) * C
     tl.store(partials_ptr + row, sum_grad_beta, mask=channel_mask)
+    tl.store(partials_ptr + 1 * stride + row, sum_grad_shift, mask=channel_mask)
+    tl.store(partials_ptr + 2 * stride + row, sum_grad_weight, mask=channel_mask)
+    tl.store(partials_ptr + 3 * stride + row, sum_grad_bias, mask=channel_mask)
+
+
+@triton.jit
+def derf_forward_kernel(x_ptr, alpha_ptr, shift_ptr, weight_ptr, bias_ptr, y_ptr, n_elements, C, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+    """derf: y[n, c] = bias + weight*erf(alpha*x + shift)
+
+    From the catalog's derf = gamma*erf(alpha*x + shift).
+    Kernel rules: none. Grid: (cdiv(N*C, BLOCK),); x, y (N, C) contiguous, weight and bias (C,), scalars 0-dim.
+
+    Operations after CSE: 5.
+    """
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n_elements
+    channel = offsets % C
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    alpha = tl.load(alpha_ptr).to(tl.float32)
+    shift = tl.load(shift_ptr).to(tl.float32)
+    weight = tl.load(weight_ptr + channel, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + channel, mask=mask, other=0.0).to(tl.float32)
+    else:
+        bias = 0.0
+    x = tl.maximum(-FLOAT32_MAX, tl.minimum(FLOAT32_MAX, x, propagate_nan=tl.PropagateNan.ALL), propagate_nan=tl.PropagateNan.ALL)
+    y = bias + weight*tl.erf(x*alpha + shift)
+    tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def derf_backward_kernel(grad_ptr, x_ptr, alpha_ptr, shift_ptr, weight_ptr, grad_x_ptr, partials_ptr, N, C, rows_per_program, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """derf: the derivatives of y = bias + weight*erf(alpha*x + shift), times grad; grad_x element by element, the others summed over the rows:
+
+        grad_x = grad * 2*alpha*weight*exp(-(alpha*x + shift)**2)/sqrt(pi)
+        grad_alpha = grad * 2*weight*x*exp(-(alpha*x + shift)**2)/sqrt(pi)
+        grad_shift = grad * 2*weight*exp(-(alpha*x + shift)**2)/sqrt(pi)
+        grad_weight = grad * erf(alpha*x + shift)
+        grad_bias = grad * 1
+
+    From the catalog's derf = gamma*erf(alpha*x + shift).
+    Kernel rules: none. Grid: (row programs, cdiv(C, BLOCK_C)); grad, x, grad_x (N, C) contiguous; rows_per_program a multiple of BLOCK_R.
+    partials (float32, 4 x row programs x C), k = 0: grad_alpha, 1: grad_shift, 2: grad_weight, 3: grad_bias.
+
+    Operations after CSE: 14.
+    """
+    program = tl.program_id(0)
+    channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    channel_mask = channels < C
+    alpha = tl.load(alpha_ptr).to(tl.float32)
+    shift = tl.load(shift_ptr).to(tl.float32)
+    weight = tl.load(weight_ptr + channels, mask=channel_mask, other=0.0).to(tl.float32)[None, :]
+    sum_grad_alpha = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    sum_grad_shift = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    sum_grad_weight = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    sum_grad_bias = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    first = program * rows_per_program
+    for start in tl.range(first, first + rows_per_program, BLOCK_R):
+        rows = start + tl.arange(0, BLOCK_R)
+        mask = (rows < N)[:, None] & channel_mask[None, :]
+        offsets = rows.to(tl.int64)[:, None] * C + channels[None, :]
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        grad = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        x = tl.maximum(-FLOAT32_MAX, tl.minimum(FLOAT32_MAX, x, propagate_nan=tl.PropagateNan.ALL), propagate_nan=tl.PropagateNan.ALL)
+        t0 = x*alpha + shift
+        t1 = 2*grad*weight*0.5641895835477563*tl.exp(t0*(t0*(-1)))
+        grad_x = t1*alpha
+        grad_alpha = t1*x
+        grad_shift = t1
+        grad_weight = grad*tl.erf(t0)
+        grad_bias = grad
+        tl.store(grad_x_ptr + offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
+        sum_grad_alpha += tl.sum(tl.where(mask, grad_alpha, 0.0), axis=0)
+        sum_grad_shift += tl.sum(tl.where(mask, grad_shift, 0.0), axis=0)
+        sum_grad_weight += tl.sum(tl.where(mask, grad_weight, 0.0), axis=0)
+        sum_grad_bias += tl.sum(tl.where(mask, grad_bias, 0.0), axis=0)
+    row = program.to(tl.int64) * C + channels
+    stride = tl.num_programs(0).to(tl.int64) * C
+    tl.store(partials_ptr + row, sum_grad_alpha, mask=channel_mask)
     tl.store(partials_ptr + 1 * stride + row, sum_grad_shift, mask=channel_mask)
     tl.store(partials_ptr + 2 * stride + row, sum_grad_weight, mask=channel_mask)
     tl.store(partials_ptr + 3 * stride + row, sum_grad_bias, mask=channel_mask)

@@ -9,8 +9,8 @@ Needs torch (and numpy); never imports SymPy.
 """
 from . import functional
 from .convert import convert
-from .layers import DyISRU, DyISRULN, DyT, DyTLN, llama_alpha_init
+from .layers import Derf, DyISRU, DyISRULN, DyT, DyTLN, llama_alpha_init
 from .norms import LayerNorm, RMSNorm
 
-__all__ = ["functional", "convert", "DyT", "DyISRU", "DyTLN", "DyISRULN", "LayerNorm",
+__all__ = ["functional", "convert", "DyT", "DyISRU", "DyTLN", "DyISRULN", "Derf", "LayerNorm",
            "RMSNorm", "llama_alpha_init"]

@@ -1,12 +1,12 @@
 """``python -m numeric bench``: our layers against what a user would pick instead.
 
 For each shape and dtype, forward and forward+backward of:
-- ``ours``: numeric.functional as a user calls it (the generated PyTorch code in an
-  autograd.Function that saves x only; on a CPU, fused by torch.compile at these sizes);
-- ``ours-unfused``: the same with fusion off (``set_fusion("off")``): op by op (CPU);
-- ``ours-triton``: the generated Triton kernels (CUDA, when numeric.kernels is usable);
-- ``eager``: the composition a user writes, ``w * tanh(a * x) + b`` (DyT) or
-  ``w * x * rsqrt(beta + x * x) + b`` (DyISRU);
+- ``ours``: numeric.functional as a user calls it (an autograd.Function that saves x only,
+  on the backend chosen for the input: the Triton kernels on CUDA; on a CPU, at these sizes,
+  the fused variants through torch.compile);
+- ``ours-unfused``: the same op by op (``set_backend("torch")``, CPU);
+- ``eager``: the composition a user writes, e.g. ``w * tanh(a * x) + b`` (DyT) or
+  ``w * x * rsqrt(beta + x * x) + b`` (DyISRU), for every form;
 - ``compiled``: that composition under torch.compile;
 - ``rms_norm``, ``layer_norm``: torch's fused norms (F.rms_norm, nn.LayerNorm's kernel);
 - ``liger-dyt``, ``liger-rms``: Liger-Kernel's Triton DyT and RMSNorm, when installed (CUDA).
@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 
 from . import functional as F
+from .generated.forms import FORMS
 from .experiments.report import save_figure, table_markdown, write_summary, write_table
 
 NAME = "bench"
@@ -54,15 +55,17 @@ class Case:
     layer: str
     fn: Callable
     params: list[torch.Tensor]
-    fusion: str = "auto"   # numeric.functional's fusion switch while this case runs
+    backend: str = "auto"   # numeric.functional's backend while this case runs
 
 
-def _eager_dyt(x, a, w, b):
-    return w * torch.tanh(a * x) + b
-
-
-def _eager_dyisru(x, beta, w, b):
-    return w * x * torch.rsqrt(beta + x * x) + b
+#: form -> the composition a user writes, f(x, *scalars, w, b).
+EAGER = {
+    "dyt": lambda x, a, w, b: w * torch.tanh(a * x) + b,
+    "dyisru": lambda x, beta, w, b: w * x * torch.rsqrt(beta + x * x) + b,
+    "dyt_ln": lambda x, a, s, w, b: w * torch.tanh(a * (x - s)) + b,
+    "dyisru_ln": lambda x, beta, s, w, b: w * (x - s) * torch.rsqrt(beta + (x - s) ** 2) + b,
+    "derf": lambda x, a, s, w, b: w * torch.erf(a * x + s) + b,
+}
 
 
 _COMPILED = {}
@@ -82,28 +85,28 @@ def _liger():
         return None
 
 
+#: A value for each scalar parameter: DyT's default alpha, DyISRU's default beta (C), a shift.
+_SCALARS = {"alpha": lambda C: 0.5, "beta": float, "shift": lambda C: 0.1}
+
+
 def _params(layer, C, device, dtype):
-    s = torch.tensor(0.5 if layer == "dyt" else float(C), device=device, dtype=dtype)
+    scalars = [torch.tensor(_SCALARS[p](C), device=device, dtype=dtype)
+               for p in FORMS[layer].scalars]
     w = torch.ones(C, device=device, dtype=dtype)
     b = torch.zeros(C, device=device, dtype=dtype)
-    return [s, w, b]
+    return [*scalars, w, b]
 
 
-def cases(C: int, device: str, dtype) -> list[Case]:
+def cases(C: int, device: str, dtype, layers=tuple(EAGER)) -> list[Case]:
     """Every implementation that can run here, as a table of cases."""
     out = []
-    for layer, ours, eager in (("dyt", F.dyt, _eager_dyt), ("dyisru", F.dyisru, _eager_dyisru)):
+    for layer in layers:
+        eager, ours = EAGER[layer], getattr(F, layer)
         p = _params(layer, C, device, dtype)
         out += [Case("eager", layer, eager, p), Case("compiled", layer, _compiled(eager), p),
                 Case("ours", layer, ours, p)]
         if device == "cpu":
-            out.append(Case("ours-unfused", layer, ours, p, fusion="off"))
-        if device == "cuda":
-            try:
-                from . import kernels
-                out.append(Case("ours-triton", layer, getattr(kernels, layer), p))
-            except Exception:
-                pass
+            out.append(Case("ours-unfused", layer, ours, p, backend="torch"))
     w = torch.ones(C, device=device, dtype=dtype)
     b = torch.zeros(C, device=device, dtype=dtype)
     out.append(Case("rms_norm", "norm", lambda x, w: torch.nn.functional.rms_norm(x, (C,), w),
@@ -185,11 +188,11 @@ def copy_bandwidth(x, reps: int, device: str) -> float:
 
 
 def measure(case: Case, shape, dtype, device, reps, mode) -> dict:
-    previous = F.set_fusion(case.fusion)
+    previous = F.set_backend(case.backend)
     try:
         return _measure(case, shape, dtype, device, reps, mode)
     finally:
-        F.set_fusion(previous)
+        F.set_backend(previous)
 
 
 def _measure(case: Case, shape, dtype, device, reps, mode) -> dict:
@@ -236,21 +239,26 @@ def run(out: Path, *, quick: bool = False, progress=print, config: str | None = 
         if r["impl"] == "ours":
             summary[f"{r['layer']} {r['shape']} {r['dtype']} {r['mode']}"] = {
                 "time_ratio_vs_eager": round(r["ratio_vs_eager"], 3),
+                "time_ratio_vs_compiled": round(r["ratio_vs_compiled"], 3),
                 "kept_ratio_vs_eager": round(r["kept_ratio_vs_eager"], 3)}
     return summary
 
 
 def _ratios(rows) -> None:
-    """Ratios against the eager composition of the same layer, shape, dtype and mode."""
-    eager = {(r["layer"], r["shape"], r["dtype"], r["mode"]): r for r in rows if r["impl"] == "eager"}
+    """Ratios against the eager composition (and its torch.compile) of the same layer,
+    shape, dtype and mode."""
+    key = lambda r: (r["layer"], r["shape"], r["dtype"], r["mode"])  # noqa: E731
+    eager = {key(r): r for r in rows if r["impl"] == "eager"}
+    compiled = {key(r): r for r in rows if r["impl"] == "compiled"}
     for r in rows:
-        e = eager.get((r["layer"], r["shape"], r["dtype"], r["mode"]))
+        e, c = eager.get(key(r)), compiled.get(key(r))
         r["ratio_vs_eager"] = r["time_ms"] / e["time_ms"] if e else float("nan")
+        r["ratio_vs_compiled"] = r["time_ms"] / c["time_ms"] if c else float("nan")
         r["kept_ratio_vs_eager"] = (r["kept_MiB"] / e["kept_MiB"]
                                     if e and e["kept_MiB"] else float("nan"))
 
 
-HEADER = ["impl", "layer", "shape", "dtype", "mode", "time_ms", "ratio_vs_eager",
+HEADER = ["impl", "layer", "shape", "dtype", "mode", "time_ms", "ratio_vs_eager", "ratio_vs_compiled",
           "bandwidth_GBps", "pct_copy", "kept_MiB", "kept_ratio_vs_eager", "peak_MiB",
           "copy_GBps"]
 
@@ -268,11 +276,13 @@ def _write(out: Path, rows, device: str, config: str) -> None:
     name = _device_name(device)
     ours = [r for r in rows if r["impl"] == "ours"]
     lines = [f"{r['layer']} {r['shape']} {r['dtype']} {r['mode']}: time x{r['ratio_vs_eager']:.2f}"
+             f" (x{r['ratio_vs_compiled']:.2f} of compiled)"
              + (f", kept bytes x{r['kept_ratio_vs_eager']:.2f}" if r["mode"] != "fwd" else "")
              for r in ours]
     write_summary(out, "bench", [
         f"Device: {name}; torch {torch.__version__}; configuration `{config}`. Times are "
-        "medians; ratios are ours over the eager composition, measured in the same run.",
+        "medians; ratios are ours over the eager composition (and over its torch.compile), "
+        "measured in the same run.",
         "Ours against eager: " + "; ".join(lines) + ".",
         "![time per implementation](bench.png)",
         table_markdown(out, "bench"),

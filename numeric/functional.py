@@ -1,50 +1,147 @@
 """Functional forms of the layers: y = weight * f(x) + bias over the last dimension.
 
-Each computes in float32 (float64 for float64 input) and returns the input's dtype,
-whatever the parameters' dtype (float32 parameters under mixed precision are fine).
+    dyt(x, alpha, weight, bias)              weight * tanh(alpha x) + bias
+    dyisru(x, beta, weight, bias)            weight * x / sqrt(beta + x^2) + bias
+    dyt_ln(x, alpha, shift, weight, bias)    weight * tanh(alpha (x - shift)) + bias
+    dyisru_ln(x, beta, shift, weight, bias)  weight * (x - shift) / sqrt(beta + (x - shift)^2) + bias
+    derf(x, alpha, shift, weight, bias)      weight * erf(alpha x + shift) + bias
 
-    dyt(x, alpha, weight, bias)            weight * tanh(alpha x) + bias
-    dyisru(x, beta, weight, bias)          weight * x / sqrt(beta + x^2) + bias
-    dyt_ln(x, alpha, shift, weight, bias)  weight * tanh(alpha (x - shift)) + bias
-    dyisru_ln(x, beta, shift, weight, bias) weight * (x - shift) / sqrt(beta + (x - shift)^2) + bias
+x: (..., C), a floating-point tensor; alpha, beta, shift: numbers or 0-dim tensors; weight,
+bias: (C,) or None (bias None means 0). Each computes in float32 (float64 for float64 input)
+and returns x's dtype, whatever the parameters' dtype (float32 parameters under mixed
+precision are fine); every parameter's gradient comes back in its own dtype.
 
-x: (..., C); alpha, beta, shift: 0-dim; weight, bias: (C,) or None (bias None means 0).
-
-CPU inputs of at least 65,536 elements run fused (torch.compile of the same generated code,
-compiled on the first such call); ``set_fusion("off")`` or DYNORM_FUSION=off turns that off.
+Each call goes to ``<Form>Function`` (numeric/_autograd.py), which runs the backend chosen
+for x (numeric/backends.py): the Triton kernels on CUDA, the fused variants through
+torch.compile on a CPU input of at least 65,536 elements, the generated code op by op
+otherwise. ``set_backend("auto" | "triton" | "fused" | "torch")`` or DYNORM_BACKEND chooses.
+Every order of autograd, forward mode and torch.func's transforms work on every backend.
 """
 from __future__ import annotations
 
-from . import _autograd
-from ._autograd import compute_dtype, get_fusion, set_fusion  # noqa: F401  (the API)
+import numbers
+
+import torch
+
+from ._autograd import FUNCTIONS, NORMS, TracedFunction
+from .backends import compute_dtype, get_backend, set_backend  # noqa: F401  (the API)
+from .generated.forms import FORMS
+
+__all__ = ["dyt", "dyisru", "dyt_ln", "dyisru_ln", "derf", "rms_norm", "layer_norm",
+           "set_backend", "get_backend", "compute_dtype"]
+
+#: Scalars that must be positive (the formulas divide by them or take their root).
+POSITIVE = {"beta"}
+
+
+def _input(x) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension (the channels), got a 0-dim tensor")
+    return x
+
+
+def _channels(t, what: str, x: torch.Tensor, optional: bool = False):
+    if t is None and optional:
+        return None
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor of shape ({x.shape[-1]},), "
+                        f"got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{what} must be a floating-point tensor, got {t.dtype}")
+    if tuple(t.shape) != (x.shape[-1],):
+        raise ValueError(f"{what} must have shape ({x.shape[-1]},) for x of shape "
+                         f"{tuple(x.shape)}, got {tuple(t.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"{what} is on {t.device}, x on {x.device}")
+    return t
+
+
+def _scalar(v, what: str, x: torch.Tensor) -> torch.Tensor:
+    """A scalar parameter as a 0-dim tensor on x's device; numbers are checked here."""
+    if isinstance(v, torch.Tensor):
+        if v.dim() != 0:
+            raise ValueError(f"{what} must be a number or a 0-dim tensor, got shape "
+                             f"{tuple(v.shape)}")
+        if not v.is_floating_point():
+            raise TypeError(f"{what} must be a floating-point tensor, got {v.dtype}")
+        if v.device != x.device:
+            raise ValueError(f"{what} is on {v.device}, x on {x.device}")
+        return v
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{what} must be a number or a 0-dim tensor, got {type(v).__name__}")
+    v = float(v)
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"{what} must be finite, got {v!r}")
+    if what in POSITIVE and v <= 0:
+        raise ValueError(f"{what} must be positive, got {v!r}")
+    return torch.tensor(v, dtype=compute_dtype(x.dtype), device=x.device)
+
+
+def _call(name: str, x, scalars, weight, bias):
+    """(the Function to apply, its arguments) for y = weight * f(x; scalars) + bias, every
+    input checked; under torch.compile the Function it can trace."""
+    x = _input(x)
+    weight = _channels(weight, "weight", x)
+    bias = _channels(bias, "bias", x, optional=True)
+    ss = [_scalar(v, p, x) for v, p in zip(scalars, FORMS[name].scalars)]
+    if torch.compiler.is_compiling():
+        return TracedFunction, (name, x, weight, bias, *ss)
+    return FUNCTIONS[name], (x, weight, bias, *ss)
 
 
 def dyt(x, alpha, weight, bias=None):
     """DyT (Zhu et al. 2025): weight * tanh(alpha * x) + bias."""
-    return _autograd.apply("dyt", x, (alpha,), weight, bias)
+    fn, args = _call("dyt", x, (alpha,), weight, bias)
+    return fn.apply(*args)
 
 
 def dyisru(x, beta, weight, bias=None):
     """DyISRU (Stollenwerk 2025): weight * x / sqrt(beta + x^2) + bias."""
-    return _autograd.apply("dyisru", x, (beta,), weight, bias)
+    fn, args = _call("dyisru", x, (beta,), weight, bias)
+    return fn.apply(*args)
 
 
 def dyt_ln(x, alpha, shift, weight, bias=None):
     """DyT's LayerNorm form: weight * tanh(alpha * (x - shift)) + bias."""
-    return _autograd.apply("dyt_ln", x, (alpha, shift), weight, bias)
+    fn, args = _call("dyt_ln", x, (alpha, shift), weight, bias)
+    return fn.apply(*args)
 
 
 def dyisru_ln(x, beta, shift, weight, bias=None):
     """DyISRU's LayerNorm form: weight * (x - shift) / sqrt(beta + (x - shift)^2) + bias."""
-    return _autograd.apply("dyisru_ln", x, (beta, shift), weight, bias)
+    fn, args = _call("dyisru_ln", x, (beta, shift), weight, bias)
+    return fn.apply(*args)
+
+
+def derf(x, alpha, shift, weight, bias=None):
+    """Derf (Chen et al. 2025): weight * erf(alpha * x + shift) + bias."""
+    fn, args = _call("derf", x, (alpha, shift), weight, bias)
+    return fn.apply(*args)
+
+
+def _norm(name: str, x, weight, bias, eps):
+    """The norm (generated forward and VJP), then the affine part, in the compute dtype."""
+    x = _input(x)
+    weight = _channels(weight, "weight", x, optional=True)
+    bias = _channels(bias, "bias", x, optional=True)
+    ct = compute_dtype(x.dtype)
+    y = NORMS[name].apply(x.to(ct), float(eps))
+    if weight is not None:
+        y = y * weight.to(ct)
+    if bias is not None:
+        y = y + bias.to(ct)
+    return y.to(x.dtype)
 
 
 def rms_norm(x, weight=None, eps=1e-6):
     """RMSNorm over the last dimension, forward and backward from the derived Jacobian."""
-    return _autograd.apply_norm("rmsnorm", x, weight, None, eps)
+    return _norm("rmsnorm", x, weight, None, eps)
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
     """LayerNorm over the last dimension, forward and backward from the derived Jacobian."""
-    return _autograd.apply_norm("layernorm", x, weight, bias, eps)
-
+    return _norm("layernorm", x, weight, bias, eps)

@@ -255,3 +255,23 @@ class DyISRULN(_Elementwise):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         return F.dyisru_ln(x, self.beta, self.shift, self.weight, self.bias)
+
+
+class Derf(_Elementwise):
+    """Derf (Chen et al. 2025): y = weight * erf(alpha * x + shift) + bias.
+
+    Not derived from a norm; its inner shift is the LayerNorm forms' input shift
+    (shift = -alpha * mean). Defaults are the paper's: alpha 0.5, shift 0, weight 1, bias 0.
+
+    Shapes: x (..., C) -> (..., C); alpha (), shift (), weight (C,), bias (C,) or None.
+    """
+
+    def __init__(self, normalized_shape, *, alpha_init: float = 0.5, shift_init: float = 0.0,
+                 weight_init: float = 1.0, bias: bool = True, device=None, dtype=None):
+        super().__init__(normalized_shape, {"alpha": _positive(alpha_init, "alpha_init"),
+                                            "shift": _finite(shift_init, "shift_init")},
+                         weight_init, bias, device, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        return F.derf(x, self.alpha, self.shift, self.weight, self.bias)

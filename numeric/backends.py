@@ -1,0 +1,230 @@
+"""Where a layer form's forward and backward run: one switch, three backends.
+
+Every backend takes the same arguments and applies the same dtype policy: compute in float32
+(float64 for float64 input), return x's dtype; x is clamped to the compute dtype's finite
+range first, so +-inf saturates to the bound (gradient 0) and a NaN stays in its element.
+
+    forward(name, x, scalars, weight, bias) -> y                       (x's dtype)
+    backward(name, grad, x, scalars, weight) -> (grad_x, [grad of each scalar],
+                                                 grad_weight, grad_bias)
+
+grad_x is in x's dtype; the parameters' gradients are summed over every dimension but the
+channels, in float64 (the caller casts each to its parameter's dtype). Scalars and weight
+arrive in their own dtypes (float32 parameters under bfloat16 autocast, say).
+
+- ``"torch"``: the generated PyTorch code op by op (numeric/generated/layers.py); on a CPU,
+  inputs of more than ``BLOCK_ELEMENTS`` go through in blocks of rows, whose temporaries
+  stay in cache.
+- ``"fused"``: the generated ``*_fused_*`` variants (dtype policy and sums printed in)
+  through torch.compile (inductor): one loop forward, one backward. Compiled on the first
+  call of each form and dtype; if compiling fails, the call runs op by op and one warning
+  says why.
+- ``"triton"``: the generated Triton kernels (numeric/kernels.py), on CUDA; on a CPU only
+  through Triton's interpreter (TRITON_INTERPRET=1).
+
+``choose(x)`` picks one per call. Under ``"auto"`` (the default; ``set_backend`` or the
+environment variable DYNORM_BACKEND): Triton for CUDA tensors, fused for CPU inputs of at
+least ``FUSE_MIN`` elements, op by op otherwise. float64 and calls under torch.func's
+transforms (vmap) always run op by op; so do CPU calls inside a model that torch.compile is
+tracing (it fuses them itself). A forced backend that cannot run a call raises.
+"""
+from __future__ import annotations
+
+import importlib.util
+import types
+import warnings
+from functools import cache
+
+import torch
+
+from . import kernels
+from ._switch import Switch
+from .generated import layers as G
+
+BACKEND = Switch("backend", ("auto", "triton", "fused", "torch"), "DYNORM_BACKEND", "auto")
+#: CPU inputs with at least this many elements run fused under "auto" (below, a compiled
+#: call's overhead is more than it saves).
+FUSE_MIN = 1 << 16
+#: Op by op on a CPU, inputs of more elements go through in blocks of rows of about this
+#: many: each op's temporaries are then 1 MiB (float32) and reused in cache, instead of a
+#: new 16 MiB tensor per op at (4096, 1024), whose first touch costs more than the op.
+BLOCK_ELEMENTS = 1 << 18
+
+
+def set_backend(name: str) -> str:
+    """"auto", "triton", "fused" or "torch" for every later call; returns the previous."""
+    return BACKEND.set(name)
+
+
+def get_backend() -> str:
+    return BACKEND.value
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; every other float computes in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _transformed(x: torch.Tensor) -> bool:
+    """Inside torch.func.vmap (or another functorch transform that wraps x)."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
+def choose(x: torch.Tensor) -> str:
+    """The backend that runs a call with input x: "torch", "fused" or "triton"."""
+    want = BACKEND.value
+    if want == "torch" or x.dtype == torch.float64:
+        return "torch"
+    if torch.compiler.is_compiling():   # it fuses CPU code itself; Triton stays one op
+        return "triton" if x.device.type == "cuda" and want in ("auto", "triton") else "torch"
+    if _transformed(x):
+        return "torch"
+    if want == "triton" or (want == "auto" and x.device.type == "cuda" and _triton_installed()):
+        kernels.check_device(x)
+        return "triton"
+    if want == "fused":
+        if x.device.type != "cpu":
+            raise RuntimeError(f"backend 'fused' runs CPU tensors only, got a {x.device.type} "
+                               "tensor; use set_backend('auto')")
+        return "fused"
+    if want == "auto" and x.device.type == "cpu" and x.numel() >= FUSE_MIN:
+        return "fused"
+    return "torch"
+
+
+def _clamped(x: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
+    big = torch.finfo(ct).max
+    return x.to(ct).clamp(-big, big)
+
+
+def _in(ct, tensors):
+    """The parameters in the compute dtype (detached: the backends compute values only)."""
+    return [None if t is None else t.detach().to(ct) for t in tensors]
+
+
+def _blocks(x: torch.Tensor):
+    """Slices of rows of x as (rows, C) when x is worth splitting (a large CPU input op by
+    op, outside torch.compile), else None."""
+    if (x.dim() == 0 or x.numel() <= BLOCK_ELEMENTS or x.device.type != "cpu"
+            or torch.compiler.is_compiling()):
+        return None
+    rows, C = x.numel() // x.shape[-1], x.shape[-1]
+    step = max(1, BLOCK_ELEMENTS // max(C, 1))
+    return [slice(i, i + step) for i in range(0, rows, step)]
+
+
+# -- op by op ------------------------------------------------------------------------------
+
+def torch_forward(name, x, scalars, weight, bias):
+    ct = compute_dtype(x.dtype)
+    *ps, w, b = _in(ct, (*scalars, weight, bias))
+    fn, args = ((getattr(G, f"{name}_forward_nobias"), (*ps, w)) if b is None
+                else (getattr(G, f"{name}_forward"), (*ps, w, b)))
+    blocks = _blocks(x)
+    if blocks is None:
+        return fn(_clamped(x, ct), *args).to(x.dtype)
+    x2 = x.reshape(-1, x.shape[-1])
+    y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+    for rows in blocks:
+        y[rows] = fn(_clamped(x2[rows], ct), *args)
+    return y.view(x.shape)
+
+
+def torch_backward(name, grad, x, scalars, weight):
+    """The parameters' gradients are summed in float64, block by block."""
+    ct = compute_dtype(x.dtype)
+    *ps, w = _in(ct, (*scalars, weight))
+    C = x.shape[-1]
+    fn = getattr(G, f"{name}_backward")
+    blocks = _blocks(x) or [slice(None)]
+    x2, g2 = x.reshape(-1, C), grad.reshape(-1, C)
+    gx = torch.empty(x2.shape, dtype=x.dtype, device=x.device) if len(blocks) > 1 else None
+    sums = None
+    for rows in blocks:
+        g = g2[rows].to(ct)
+        bx, *bs, bw = fn(g, _clamped(x2[rows], ct), *ps, w)
+        if gx is None:
+            gx = bx.to(x.dtype)
+        else:
+            gx[rows] = bx
+        part = [*(t.sum(dtype=torch.float64) for t in bs), bw.sum(0, dtype=torch.float64),
+                g.sum(0, dtype=torch.float64)]
+        sums = part if sums is None else [s + p for s, p in zip(sums, part)]
+    *gs, gw, gb = sums
+    return gx.reshape(x.shape), gs, gw, gb
+
+
+# -- fused (torch.compile) ------------------------------------------------------------------
+
+def _own_code(fn, name: str):
+    """A copy of fn with its own code object: torch.compile keeps its compiled variants (and
+    its limit on their number) per code object, so each form and direction gets its own."""
+    names = {"co_name": name}
+    if hasattr(fn.__code__, "co_qualname"):  # Python 3.11+
+        names["co_qualname"] = name
+    code = fn.__code__.replace(**names)
+    return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+
+
+@cache
+def _compiled(name: str, what: str):
+    fn = getattr(G, f"{name}_fused_{what}")
+    return torch.compile(_own_code(fn, fn.__name__), dynamic=True)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """t as a contiguous (rows, C) tensor: the compiled functions always see 2-D dense
+    inputs, so inputs of any rank or stride share one compiled variant per dtype."""
+    return t.detach().reshape(-1, t.shape[-1]).contiguous()
+
+
+def _unfused(failure: Exception, name: str, run, *args):
+    """The op-by-op call after a compiled one failed: if it fails too, the inputs were at
+    fault and its own error is raised; if not, the compiler was, and fusion is turned off
+    with one warning naming the compiler's error."""
+    try:
+        out = run(name, *args)
+    except Exception as e:  # noqa: BLE001 - the inputs' own error, without the compiler's
+        raise e from None
+    first = str(failure).splitlines()[0] if str(failure) else ""
+    _FUSION_BROKEN.append(f"{type(failure).__name__}: {first}")
+    warnings.warn(f"dynorm: fusion turned off, {name} did not compile ({_FUSION_BROKEN[-1]}); "
+                  "running the generated code op by op", RuntimeWarning, stacklevel=4)
+    return out
+
+
+#: Set when compiling failed once: later calls run op by op without trying again.
+_FUSION_BROKEN: list[str] = []
+
+
+def fused_forward(name, x, scalars, weight, bias):
+    if _FUSION_BROKEN:
+        return torch_forward(name, x, scalars, weight, bias)
+    *ps, w = _in(torch.float32, (*scalars, weight))
+    b = torch.zeros_like(w) if bias is None else bias.to(torch.float32)
+    try:
+        return _compiled(name, "forward")(_rows(x), *ps, w, b).view(x.shape)
+    except Exception as e:  # noqa: BLE001 - whatever the compiler raised: see _unfused
+        return _unfused(e, name, torch_forward, x, scalars, weight, bias)
+
+
+def fused_backward(name, grad, x, scalars, weight):
+    if _FUSION_BROKEN:
+        return torch_backward(name, grad, x, scalars, weight)
+    *ps, w = _in(torch.float32, (*scalars, weight))
+    try:
+        gx, *gs, gw, gb = _compiled(name, "backward")(_rows(grad), _rows(x), *ps, w)
+    except Exception as e:  # noqa: BLE001 - whatever the compiler raised: see _unfused
+        return _unfused(e, name, torch_backward, grad, x, scalars, weight)
+    return gx.view(x.shape), gs, gw, gb
+
+
+#: backend -> (forward, backward).
+RUN = {"torch": (torch_forward, torch_backward),
+       "fused": (fused_forward, fused_backward),
+       "triton": (kernels.forward, kernels.backward)}

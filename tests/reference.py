@@ -12,42 +12,46 @@ import mpmath
 import sympy as sp
 import torch
 
-from derive import result
-from derive.symbols import alpha, beta, m, mu, x
+from derive.codegen import layer_step
+from derive.symbols import symbol, x
+from numeric.generated.forms import FORMS
 
 DIGITS = 50
-weight, bias, shift = sp.symbols("weight bias shift", real=True)
-
-#: form -> (scalar parameter, catalog symbol that the layer's shift replaces, or None).
-FORMS = {"dyt": (alpha, None), "dyisru": (beta, None), "dyt_ln": (alpha, mu),
-         "dyisru_ln": (beta, m)}
+weight, bias = sp.symbols("weight bias", real=True)
 
 
-@cache
 def layer_expr(name: str) -> sp.Expr:
-    e = result(name).expr
-    f = e / sp.limit(e, x, sp.oo)
-    _, shifted = FORMS[name]
-    if shifted is not None:
-        f = f.subs(shifted, shift)
-    return weight * f + bias
+    """weight * f + bias: the catalog's form with its bound promoted to weight (a checked
+    step of the derivation), the spec the layers are tested against."""
+    return layer_step(name).expr
 
 
 def params(name: str) -> tuple[sp.Symbol, ...]:
-    scalar, shifted = FORMS[name]
-    return (scalar, shift) if shifted is not None else (scalar,)
+    """The form's scalar parameters, as symbols, in the order of the functional signature."""
+    return tuple(symbol(p) for p in FORMS[name].scalars)
+
+
+def wrt(name: str) -> tuple[sp.Symbol, ...]:
+    """What the derivatives are taken in: x, the scalars, weight."""
+    return (x, *params(name), weight)
 
 
 @cache
-def _lambdas(name: str):
-    """mpmath callables of (x, scalars..., weight, bias): value and each derivative."""
+def _lambda(name: str, what: str):
+    """The mpmath callable of (x, scalars..., weight, bias) for ``what``: "y", "f", a first
+    derivative "d_a" or a second derivative "d2_a_b" (a, b among x, the scalars, weight)."""
     e = layer_expr(name)
-    args = (x, *params(name), weight, bias)
-    outs = {"y": e, "f": (e - bias) / weight}
-    # SymPy's exact simplification keeps e.g. beta/(beta + x^2)^(3/2) from being evaluated
-    # as the difference of two nearly equal terms; adaptive precision covers the rest.
-    outs.update({f"d_{a.name}": sp.simplify(sp.diff(e, a)) for a in (x, *params(name), weight)})
-    return {k: sp.lambdify(args, v, "mpmath") for k, v in outs.items()}
+    if what == "f":
+        e = (e - bias) / weight
+    elif what.startswith("d2_"):
+        a, b = (next(s for s in wrt(name) if s.name == n) for n in what[3:].split("_"))
+        # over one denominator: 1 - x^2/(beta + x^2) would cancel at every precision below
+        e = sp.factor(sp.together(sp.diff(e, a, b)))
+    elif what.startswith("d_"):
+        # SymPy's exact simplification keeps e.g. beta/(beta + x^2)^(3/2) from being
+        # evaluated as the difference of two nearly equal terms.
+        e = sp.simplify(sp.diff(e, next(s for s in wrt(name) if s.name == what[2:])))
+    return sp.lambdify((x, *params(name), weight, bias), e, "mpmath")
 
 
 def evaluate(name: str, what: str, x_t, scalars, w_t, b_t) -> torch.Tensor:
@@ -55,7 +59,7 @@ def evaluate(name: str, what: str, x_t, scalars, w_t, b_t) -> torch.Tensor:
 
     x_t (..., C), scalars 0-dim, w_t and b_t (C,): all exactly as cast to the tested dtype.
     """
-    fn = _lambdas(name)[what]
+    fn = _lambda(name, what)
     xs = x_t.detach().to(torch.float64).cpu()
     C = xs.shape[-1]
     ws = w_t.detach().to(torch.float64).cpu().tolist()

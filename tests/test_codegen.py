@@ -69,14 +69,15 @@ def test_printer_refuses_what_it_cannot_spell():
     x = sp.Symbol("x")
     with pytest.raises(UnsupportedNode, match="besselj"):
         TorchPrinter().doprint(sp.besselj(0, x))
-    for e in (sp.sinh(x), sp.log(x), sp.pi * x):     # not math.sinh / math.pi on tensors
+    for e in (sp.sinh(x), sp.log(x)):                  # not math.sinh on tensors
         with pytest.raises(UnsupportedNode):
             TorchPrinter().doprint(e)
+    assert TorchPrinter().doprint(x / sp.sqrt(sp.pi)) == "x*0.5641895835477563"  # no math.pi
     with pytest.raises(UnsupportedNode, match="Pow"):
         TorchPrinter().doprint(x ** sp.Rational(1, 3))
 
 
 def test_layer_forms_are_checked_against_the_catalog():
     for name in codegen.FORMS:
-        step = codegen.layer_step(name)
-        assert step.checks and all(c.exact and c.numeric for c in step.checks)
+        step = codegen.layer_step(name)   # raises on a failed obligation
+        assert step.obligations and len(step.checks) == len(step.obligations)

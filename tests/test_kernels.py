@@ -4,9 +4,9 @@ Without CUDA the kernels run on CPU tensors through Triton's interpreter: confte
 TRITON_INTERPRET=1 before anything imports triton. With CUDA they run compiled on the GPU
 (the ``gpu`` parameters), and the CPU parameters check the ops' PyTorch path.
 
-Outputs and gradients are checked with the property-test machinery of
-test_layers_property (its hypothesis strategies, its checks, the mpmath references, the
-one tolerance table), run with the kernels in place of numeric.functional.
+Outputs and gradients are checked with the shared property-test machinery
+(tests/strategies.py, tests/checks.py: the mpmath references, the one tolerance table),
+with numeric.functional on the Triton backend.
 """
 from __future__ import annotations
 
@@ -24,17 +24,17 @@ from hypothesis import given, settings
 
 import numeric.kernels as K
 from numeric import functional as F
+from tests import checks
 from tests import reference as R
-from tests import test_layers_property as P
+from tests import strategies as S
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS = ROOT / "numeric" / "generated" / "kernels.py"
-FORMS = tuple(R.FORMS)
-KFUNCS = {name: getattr(K, name) for name in FORMS}
+FORMS = S.FORMS
 #: The kernels compute in float32: float64 always takes the PyTorch path (tested apart).
-DTYPE_PAIRS = [p for p in P.DTYPE_PAIRS if p[0] != torch.float64]
+DTYPE_PAIRS = [p for p in S.DTYPE_PAIRS if p[0] != torch.float64]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-DEVICES = P.DEVICES
+DEVICES = S.DEVICES
 IDS = lambda d: str(d).replace("torch.", "")  # noqa: E731
 #: At most the ci profile's count of examples (the interpreter makes a larger one slow).
 FEW = settings(max_examples=min(settings().max_examples, 40))
@@ -44,15 +44,13 @@ pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarn
 
 
 @pytest.fixture
-def kernels(monkeypatch, device):
-    """The Triton backend where it can run this device's tensors (else the ops' PyTorch
-    path), and the ops in test_layers_property's function table; True for Triton."""
+def kernels(device):
+    """The Triton backend where it can run this device's tensors (else op by op); True
+    for Triton."""
     triton = (importlib.util.find_spec("triton") is not None
               and (device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"))
-    previous = K.set_backend("triton" if triton else "torch")
-    monkeypatch.setattr(P, "FUNCS", KFUNCS)
-    yield triton
-    K.set_backend(previous)
+    with checks.backend("triton" if triton else "torch"):
+        yield triton
 
 
 # -- the formulas --------------------------------------------------------------------------
@@ -62,9 +60,9 @@ def kernels(monkeypatch, device):
 @pytest.mark.parametrize("name", FORMS)
 def test_outputs_and_gradients_match_the_catalog(name, dtype, pdtype, device, kernels):
     @FEW
-    @given(P.cases(name, dtype, pdtype, device))
+    @given(S.cases(name, dtype, pdtype, device))
     def check(case):
-        P._check(name, *case)
+        checks.check_first(name, *case)
 
     check()
 
@@ -73,9 +71,8 @@ def test_outputs_and_gradients_match_the_catalog(name, dtype, pdtype, device, ke
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("name", FORMS)
 def test_special_values(name, dtype, device, kernels):
-    """+-inf saturate with zero gradient, NaN stays in its element (test_layers_property's
-    test, run on the kernels)."""
-    P.test_special_values(name, dtype, device)
+    """+-inf saturate with zero gradient, NaN stays in its element (on the kernels)."""
+    checks.special_values(name, dtype, device)
 
 
 def _u(values, dtype=torch.float32):
@@ -93,7 +90,7 @@ def test_tanh_exp_is_accurate_near_zero(device, kernels):
                             dtype=torch.float64)
     eps = torch.finfo(torch.float32).eps
     assert abs(literal.item() / want[0].item() - 1) > 100 * eps
-    got = K.dyt(u, torch.tensor(1.0, device=device), torch.ones(7, device=device))
+    got = F.dyt(u, torch.tensor(1.0, device=device), torch.ones(7, device=device))
     ulp = eps * want.abs()
     assert ((got.cpu().double() - want).abs() <= ulp).all(), (got, want)
 
@@ -102,7 +99,7 @@ def test_tanh_exp_is_accurate_near_zero(device, kernels):
 def test_hypot_minmax_keeps_huge_inputs(device, kernels):
     """x = 1e30 in float32: x^2 overflows; max/min hypot gives y = weight exactly."""
     x = _u([1e30, -1e30, 3e38]).to(device).requires_grad_(True)
-    y = K.dyisru(x, torch.tensor(4.0, device=device), torch.ones(3, device=device))
+    y = F.dyisru(x, torch.tensor(4.0, device=device), torch.ones(3, device=device))
     y.sum().backward()
     assert y.tolist() == [1.0, -1.0, 1.0] and torch.isfinite(x.grad).all()
 
@@ -115,7 +112,7 @@ def test_sech2_exp_past_cosh_overflow(device, kernels):
         pytest.skip("the ops' PyTorch path prints 1/cosh^2 (torch.cosh is there)")
     x = _u([46.0]).to(device).requires_grad_(True)
     assert (1 / torch.cosh(x.detach()) ** 2).item() == 0.0
-    K.dyt(x, torch.tensor(1.0, device=device), torch.ones(1, device=device)).sum().backward()
+    F.dyt(x, torch.tensor(1.0, device=device), torch.ones(1, device=device)).sum().backward()
     with mpmath.workdps(50):
         want = float(mpmath.sech(46) ** 2)
     got = x.grad.item()
@@ -126,10 +123,10 @@ def test_sech2_exp_past_cosh_overflow(device, kernels):
 
 # -- determinism, shapes, the switch ---------------------------------------------------------
 
-def _all(name, x, scalars, w, b, g, fn=None):
-    """[y, grad x, grad scalars..., grad weight, grad bias] of fn (the kernel by default)."""
+def _all(name, x, scalars, w, b, g):
+    """[y, grad x, grad scalars..., grad weight, grad bias] on the current backend."""
     leaves = [t.clone().requires_grad_(True) for t in (x, *scalars, w, b)]
-    y = (fn or KFUNCS[name])(*leaves)
+    y = getattr(F, name)(*leaves)
     y.backward(g)
     return [y.detach(), *(t.grad for t in leaves)]
 
@@ -150,7 +147,8 @@ def test_bitwise_deterministic(name, device, kernels, monkeypatch):
     grad = torch.randn(N, C, generator=g).to(torch.bfloat16).to(device)
     first, second = _all(name, x, scalars, w, b, grad), _all(name, x, scalars, w, b, grad)
     assert all(torch.equal(p, q) for p, q in zip(first, second))
-    ref = _all(name, x, scalars, w, b, grad, getattr(F, name))
+    with checks.backend("torch"):
+        ref = _all(name, x, scalars, w, b, grad)
     for got, want in zip(first, ref):  # and agree with PyTorch's sums, to rounding
         assert torch.allclose(got.float(), want.float(), rtol=1e-2, atol=1e-2)
 
@@ -159,73 +157,33 @@ def test_bitwise_deterministic(name, device, kernels, monkeypatch):
 def test_empty_and_batched_shapes(device, kernels):
     x = torch.zeros(0, 5, device=device, requires_grad=True)
     w = torch.ones(5, device=device, requires_grad=True)
-    y = K.dyisru(x, torch.tensor(2.0, device=device), w)
+    y = F.dyisru(x, torch.tensor(2.0, device=device), w)
     y.sum().backward()
     assert y.shape == (0, 5) and w.grad.abs().sum() == 0
     x = torch.randn(2, 3, 4, device=device).transpose(0, 1)    # not contiguous
-    y = K.dyt(x, 0.5, torch.ones(4, device=device))
-    assert torch.allclose(y, F.dyt(x, 0.5, torch.ones(4, device=device)), rtol=1e-5, atol=1e-6)
-
-
-def test_weight_of_the_wrong_shape_is_a_value_error():
-    with pytest.raises(ValueError, match=r"weight must have shape \(4,\)"):
-        K.dyt(torch.zeros(2, 4), 0.5, torch.ones(3))
-
-
-def test_backend_switch():
-    with pytest.raises(ValueError, match="backend must be one of auto, triton, torch"):
-        K.set_backend("cuda")
-    previous = K.set_backend("torch")
-    try:
-        assert K.get_backend() == "torch" and not K.uses_triton(torch.zeros(1))
-        assert K.set_backend("auto") == "torch"
-        assert not K.uses_triton(torch.zeros(1))               # auto: CPU is PyTorch's
-        K.set_backend("triton")
-        assert not K.uses_triton(torch.zeros(1, dtype=torch.float64))  # float64: PyTorch
-    finally:
-        K.set_backend(previous)
+    y = F.dyt(x, 0.5, torch.ones(4, device=device))
+    with checks.backend("torch"):
+        want = F.dyt(x, 0.5, torch.ones(4, device=device))
+    assert torch.allclose(y, want, rtol=1e-5, atol=1e-6)
 
 
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    previous = K.set_backend("triton")
-    try:
-        with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-            K.dyt(torch.zeros(2), 0.5, torch.ones(2))
-    finally:
-        K.set_backend(previous)
+    with checks.backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        F.dyt(torch.zeros(1, 2), 0.5, torch.ones(2))
 
 
 def test_interpreter_set_too_late_is_a_clear_error():
     """TRITON_INTERPRET=1 only after triton was imported: one line that says so."""
     pytest.importorskip("triton")
-    code = ("import os, torch, triton, numeric.kernels as K\n"
-            "os.environ['TRITON_INTERPRET'] = '1'\nK.set_backend('triton')\n"
-            "try:\n    K.dyt(torch.zeros(2), 0.5, torch.ones(2))\n"
+    code = ("import os, torch, triton, numeric.functional as F\n"
+            "os.environ['TRITON_INTERPRET'] = '1'\nF.set_backend('triton')\n"
+            "try:\n    F.dyt(torch.zeros(1, 2), 0.5, torch.ones(2))\n"
             "except RuntimeError as e:\n    print(e)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env, cwd=ROOT).stdout
     assert "needs TRITON_INTERPRET=1 before triton" in out
-
-
-@pytest.mark.parametrize("name", FORMS)
-def test_pytorch_path_is_numeric_functional(name):
-    """auto on CPU and float64 under 'triton' both run the generated PyTorch code: the
-    results are numeric.functional's, bit for bit."""
-    g = torch.Generator().manual_seed(2)
-    for backend, dtype in (("auto", torch.bfloat16), ("triton", torch.float64)):
-        x = (torch.randn(3, 5, generator=g) * 3).to(dtype)
-        scalars = [torch.tensor(v, dtype=dtype) for v in (0.6, 0.1)[:len(R.params(name))]]
-        w, b = torch.randn(5, dtype=dtype, generator=g), torch.randn(5, dtype=dtype, generator=g)
-        grad = torch.randn(3, 5, generator=g).to(dtype)
-        previous = K.set_backend(backend)
-        try:
-            got = _all(name, x, scalars, w, b, grad)
-        finally:
-            K.set_backend(previous)
-        for p, q in zip(got, _all(name, x, scalars, w, b, grad, getattr(F, name))):
-            assert p.dtype == q.dtype and torch.equal(p, q), (backend, dtype)
 
 
 def test_import_is_light():
@@ -234,22 +192,12 @@ def test_import_is_light():
     imports torch._dynamo, which imports both where installed: torch's doing.)"""
     code = ("import sys, torch, numeric, numeric.kernels as K\n"
             "print('triton' in sys.modules, 'sympy' in sys.modules)\n"
-            "K.dyt(torch.randn(2, 3), 0.5, torch.ones(3))\n"
+            "numeric.functional.dyt(torch.randn(2, 3), 0.5, torch.ones(3))\n"
             "print('numeric.generated.kernels' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "DYNORM_BACKEND")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env, cwd=ROOT).stdout.split()
     assert out == ["False", "False", "False"]
-
-
-def test_backend_from_the_environment():
-    code = ("import os\nos.environ['DYNORM_BACKEND'] = 'gpu'\n"
-            "try:\n    import numeric.kernels\nexcept ValueError as e:\n    print(e)\n"
-            "os.environ['DYNORM_BACKEND'] = 'torch'\n"
-            "import numeric.kernels as K\nprint(K.get_backend())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=ROOT).stdout.splitlines()
-    assert out == ["DYNORM_BACKEND must be one of auto, triton, torch; got 'gpu'", "torch"]
 
 
 # -- torch.compile, opcheck ---------------------------------------------------------------------
@@ -261,7 +209,7 @@ def test_compiles_fullgraph(device, kernels):
     torch._dynamo.reset()
 
     def loss(x, alpha, shift, w, b):
-        return (K.dyt_ln(x, alpha, shift, w, b) * K.dyisru(x, alpha, w)).sum()
+        return (F.dyt_ln(x, alpha, shift, w, b) * F.dyisru(x, alpha, w)).sum()
 
     g = torch.Generator().manual_seed(3)
     args = [torch.randn(4, 6, generator=g), torch.tensor(0.8), torch.tensor(0.1),
@@ -274,22 +222,6 @@ def test_compiles_fullgraph(device, kernels):
     assert torch.allclose(out, loss(*eager).detach(), rtol=1e-5)
     for p, q in zip(comp, eager):
         assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", FORMS)
-def test_opcheck(name, device, kernels):
-    """torch.library.opcheck: schema, fake tensors, autograd registration, AOT dispatch."""
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(3, 4, generator=g).to(device)
-    scalars = [torch.tensor(v, device=device) for v in (0.9, 0.2)[:len(R.params(name))]]
-    w, b = torch.randn(4, generator=g).to(device), torch.randn(4, generator=g).to(device)
-    fwd, bwd = K.OPS[name]
-    leaves = [t.requires_grad_(True) for t in (x, *scalars, w, b)]
-    torch.library.opcheck(fwd, (*leaves[:-1], leaves[-1]))
-    torch.library.opcheck(fwd, (*leaves[:-1], None))
-    torch.library.opcheck(bwd, (torch.randn(3, 4, generator=g).to(device), x.detach(),
-                                *(s.detach() for s in scalars), w.detach()))
 
 
 # -- the generated file ---------------------------------------------------------------------------
@@ -330,8 +262,24 @@ def test_triton_printer_refuses_libdevice_and_multiplies_powers():
 
     x, y = sp.symbols("x y", real=True)
     for node, name in ((sp.tanh(x), "tanh"), (sp.cosh(x), "cosh"), (Hypot(x, y), "Hypot"),
-                       (sp.pi * x, "Pi"), (x ** sp.Rational(1, 3), "Pow")):
+                       (sp.sinh(x), "sinh"), (x ** sp.Rational(1, 3), "Pow")):
         with pytest.raises(UnsupportedNode, match=name):
             triton_code(node)
     assert triton_code(x**2 / (x + y) ** 2) == "(x * x)/((x + y) * (x + y))"
     assert triton_code(sp.Piecewise((x, x < 0), (y, True))) == "tl.where((x < 0), x, y)"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", FORMS)
+def test_opcheck(name, device, kernels):
+    """torch.library.opcheck of the two ops: schema, fake tensors, AOT dispatch."""
+    if not kernels:
+        pytest.skip("the ops launch Triton kernels")
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 4, generator=g).to(device)
+    scalars = [torch.tensor(v, device=device) for v in (0.9, 0.2)[:len(R.params(name))]]
+    w, b = torch.randn(4, generator=g).to(device), torch.randn(4, generator=g).to(device)
+    torch.library.opcheck(K.forward, (name, x, scalars, w, b))
+    torch.library.opcheck(K.forward, (name, x, scalars, w, None))
+    torch.library.opcheck(K.backward, (name, torch.randn(3, 4, generator=g).to(device), x,
+                                       scalars, w))

@@ -190,7 +190,7 @@ def test_bounded_odd_monotone(name, dtype):
     fi = torch.finfo(dtype)
     x = torch.cat([torch.linspace(-50, 50, 2001, dtype=torch.float64),
                    torch.tensor([fi.max, -fi.max, 1e3, -1e3], dtype=torch.float64)]).to(dtype)
-    x = x.sort().values
+    x = x.sort().values.unsqueeze(-1)                            # (N, C = 1)
     s = torch.tensor(0.5 if name == "dyt" else 4.0, dtype=dtype)
     w = torch.ones(1, dtype=dtype)
     fn = getattr(F, name)

@@ -1,9 +1,12 @@
-"""Property tests: the generated layers compute the catalog's formulas, in every dtype.
+"""Property tests: the generated layers compute the catalog's formulas, in every dtype, on
+every CPU path, to the second order.
 
 For each form (taken from the catalog at collection time), each (input dtype, parameter
-dtype) pair and each device, hypothesis draws shapes, inputs up to the dtype's finite
-maximum, and parameters; outputs and all gradients are compared with the catalog's
-expressions evaluated by mpmath at 50 digits on the values exactly as cast.
+dtype) pair, each device and each backend ("torch": op by op; "fused": the compiled
+variants), hypothesis draws shapes, inputs up to the dtype's finite maximum, and parameters;
+outputs, all gradients and all second derivatives (the double backward along a random
+direction) are compared with the catalog's expressions evaluated by mpmath at 50 digits on
+the values exactly as cast. The Triton path has the same tests in tests/test_kernels.py.
 """
 from __future__ import annotations
 
@@ -11,115 +14,91 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from numeric import functional as F
+from tests import checks
 from tests import reference as R
-from tests.tolerances import assert_close
+from tests import strategies as S
 
-FORMS = tuple(R.FORMS)
-#: (input dtype, parameter dtype): same dtype, and float32 parameters under mixed precision.
-DTYPE_PAIRS = [(torch.float64, torch.float64), (torch.float32, torch.float32),
-               (torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32),
-               (torch.float16, torch.float16), (torch.float16, torch.float32)]
-DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]
-FUNCS = {"dyt": F.dyt, "dyisru": F.dyisru, "dyt_ln": F.dyt_ln, "dyisru_ln": F.dyisru_ln}
-SCALAR_RANGES = {"alpha": (1e-3, 10.0), "beta": (1e-3, 1e4), "shift": (-10.0, 10.0)}
-
-
-def _values(dtype):
-    big = torch.finfo(dtype).max
-    return st.one_of(
-        st.floats(-8, 8),                                  # where the S-curve bends
-        st.floats(-big, big),                              # anywhere in the finite range
-        st.sampled_from([0.0, big, -big, 1e4, -1e4]),      # the ends
-    )
+#: float64 never fuses (numeric/backends.py): the fused path is tested on the others.
+FUSED_PAIRS = [p for p in S.DTYPE_PAIRS if p[0] != torch.float64]
+#: One shape on the fused path: torch.compile(dynamic=True) then compiles one variant per
+#: dtype (a hit of the recompile limit fails the test rather than running uncompiled).
+SHAPE = (3, 5)
+#: Second order: mpmath evaluates every pair of derivatives, so fewer examples.
+SECOND = settings(max_examples=min(settings().max_examples, 12))
 
 
-@st.composite
-def cases(draw, name, dtype, pdtype, device):
-    lead = draw(st.lists(st.integers(1, 3), max_size=2))
-    C = draw(st.integers(1, 6))
-    n = math.prod(lead) * C
-    x = torch.tensor(draw(st.lists(_values(dtype), min_size=n, max_size=n)),
-                     dtype=torch.float64).reshape(*lead, C).to(dtype).to(device)
-    scalars = [torch.tensor(draw(st.floats(*SCALAR_RANGES[p.name])), dtype=pdtype, device=device)
-               for p in R.params(name)]
-    w = torch.tensor(draw(st.lists(st.floats(-3, 3), min_size=C, max_size=C)),
-                     dtype=pdtype, device=device)
-    b = (torch.tensor(draw(st.lists(st.floats(-3, 3), min_size=C, max_size=C)),
-                      dtype=pdtype, device=device) if draw(st.booleans()) else None)
-    g = torch.tensor(draw(st.lists(st.floats(-2, 2), min_size=n, max_size=n)),
-                     dtype=torch.float64).reshape(x.shape).to(dtype).to(device)
-    return x, scalars, w, b, g
+@pytest.fixture
+def fused():
+    with checks.backend("fused"), torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        yield
 
 
-def _run(name, x, scalars, w, b, g):
-    leaves = [t.clone().requires_grad_(True) for t in (x, *scalars, w)]
-    bl = b.clone().requires_grad_(True) if b is not None else None
-    xl, *sl, wl = leaves
-    y = FUNCS[name](xl, *sl, wl, bl)
-    y.backward(g)
-    return y, xl.grad, [s.grad for s in sl], wl.grad, (bl.grad if bl is not None else None)
-
-
-def _check(name, x, scalars, w, b, g):
-    y, gx, gs, gw, gb = _run(name, x, scalars, w, b, g)
-    assert y.dtype == x.dtype and y.shape == x.shape and y.device == x.device
-    ev = lambda what: R.evaluate(name, what, x, scalars, w, b).to(x.device)  # noqa: E731
-    f = ev("f")
-    w64 = w.double()
-    b64 = b.double() if b is not None else torch.zeros_like(w64)
-    inputs = {"x": x, **{p.name: s for p, s in zip(R.params(name), scalars)}}
-    assert_close(y, ev("y"), scale=(w64 * f).abs() + b64.abs(), dtype=x.dtype, inputs=inputs,
-                 what=f"{name} y")
-    g64 = g.double()
-    dx = g64 * ev("d_x")
-    assert_close(gx, dx, scale=dx.abs(), dtype=x.dtype, inputs=inputs, what=f"{name} grad x")
-    for p, s, got in zip(R.params(name), scalars, gs):
-        terms = g64 * ev(f"d_{p.name}")
-        assert_close(got, terms.sum(), scale=terms.abs().sum(), dtype=s.dtype,
-                     what=f"{name} grad {p.name}")
-    C = x.shape[-1]
-    terms = (g64 * f).reshape(-1, C)
-    assert_close(gw, terms.sum(0), scale=terms.abs().sum(0), dtype=w.dtype,
-                 what=f"{name} grad weight")
-    if b is not None:
-        gg = g64.reshape(-1, C)
-        assert_close(gb, gg.sum(0), scale=gg.abs().sum(0), dtype=b.dtype, what=f"{name} grad bias")
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype,pdtype", DTYPE_PAIRS, ids=lambda d: str(d).replace("torch.", ""))
-@pytest.mark.parametrize("name", FORMS)
+@pytest.mark.parametrize("device", S.DEVICES)
+@pytest.mark.parametrize("dtype,pdtype", S.DTYPE_PAIRS, ids=S.ids)
+@pytest.mark.parametrize("name", S.FORMS)
 def test_outputs_and_gradients_match_the_catalog(name, dtype, pdtype, device):
-    @given(cases(name, dtype, pdtype, device))
+    @given(S.cases(name, dtype, pdtype, device))
     def check(case):
-        _check(name, *case)
+        with checks.backend("torch"):
+            checks.check_first(name, *case)
 
     check()
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16],
-                         ids=lambda d: str(d).replace("torch.", ""))
-@pytest.mark.parametrize("name", FORMS)
+@pytest.mark.filterwarnings("error:dynorm")
+@pytest.mark.parametrize("dtype,pdtype", FUSED_PAIRS, ids=S.ids)
+@pytest.mark.parametrize("name", S.FORMS)
+def test_fused_outputs_and_gradients_match_the_catalog(name, dtype, pdtype, fused):
+    @settings(max_examples=min(settings().max_examples, 20))
+    @given(S.cases(name, dtype, pdtype, shape=SHAPE))
+    def check(case):
+        checks.check_first(name, *case)
+
+    check()
+
+
+@st.composite
+def directions(draw, case):
+    """A direction v (x's shape and dtype, each scalar's, weight's) for the double backward."""
+    x, scalars, w, _, _ = case
+    def like(t):
+        n = math.prod(t.shape)
+        data = draw(st.lists(st.floats(-2, 2), min_size=n, max_size=n))
+        return torch.tensor(data, dtype=torch.float64).reshape(t.shape).to(t.dtype).to(t.device)
+    return [like(t) for t in (x, *scalars, w)]
+
+
+@st.composite
+def second_order_cases(draw, name, dtype, pdtype, device="cpu", shape=None):
+    case = draw(S.cases(name, dtype, pdtype, device, shape))
+    return case, draw(directions(case))
+
+
+@pytest.mark.parametrize("backend", ["torch", "fused"])
+@pytest.mark.parametrize("dtype,pdtype", S.DTYPE_PAIRS, ids=S.ids)
+@pytest.mark.parametrize("name", S.FORMS)
+def test_second_derivatives_match_the_catalog(name, dtype, pdtype, backend):
+    """The first backward on ``backend``, the second op by op (printed second derivatives)."""
+    if backend == "fused" and dtype == torch.float64:
+        pytest.skip("float64 never fuses")
+
+    @SECOND
+    @given(second_order_cases(name, dtype, pdtype, shape=SHAPE if backend == "fused" else None))
+    def check(args):
+        case, v = args
+        with checks.backend(backend):
+            checks.check_second(name, *case, v)
+
+    check()
+
+
+@pytest.mark.parametrize("device", S.DEVICES)
+@pytest.mark.parametrize("dtype", S.DTYPES, ids=S.ids)
+@pytest.mark.parametrize("name", S.FORMS)
 def test_special_values(name, dtype, device):
     """+-inf saturate to the bound with zero gradient; NaN stays in its own element only."""
-    fi = torch.finfo(dtype)
-    vals = [0.0, fi.tiny, -fi.tiny, 1.0, -1.0, fi.max, -fi.max, math.inf, -math.inf, math.nan]
-    x = torch.tensor(vals, dtype=dtype, device=device)
-    C = len(vals)
-    scalars = [torch.tensor(v, dtype=dtype, device=device) for v in
-               ([0.5] if len(R.params(name)) == 1 else [0.5, 0.25])]
-    w = torch.linspace(0.5, 2, C, dtype=dtype, device=device)
-    b = torch.linspace(-1, 1, C, dtype=dtype, device=device)
-    g = torch.ones_like(x)
-    y, gx, gs, gw, gb = _run(name, x, scalars, w, b, g)
-    assert torch.isnan(y[-1]) and not torch.isnan(y[:-1]).any()
-    assert torch.isnan(gx[-1]) and torch.isfinite(gx[:-1]).all()
-    assert gx[7] == 0 and gx[8] == 0
-    assert y[7].item() == pytest.approx((w[7] + b[7]).item(), rel=1e-2)
-    assert y[8].item() == pytest.approx((-w[8] + b[8]).item(), rel=1e-2)
-    _check(name, x[:-1], scalars, w[:-1], b[:-1], g[:-1])
+    with checks.backend("torch"):
+        checks.special_values(name, dtype, device)

@@ -13,8 +13,9 @@ from numeric import functional as F
 @pytest.mark.parametrize("name", RULES)
 def test_rule_is_proven(name):
     rule = RULES[name]
-    step = check(Step(name, 0, rule.fixes, tuple(rule.proof())))
-    assert step.checks and all(c.exact and c.numeric for c in step.checks)
+    obligations = tuple(rule.proof())
+    step = check(Step(name, 0, rule.fixes, obligations))   # raises on a failed obligation
+    assert obligations and len(step.checks) == len(obligations)   # and none was skipped
 
 
 def test_sech2_fixes_the_tanh_derivative_underflow():

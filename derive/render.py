@@ -11,12 +11,16 @@ def _pretty(e) -> str:
     return sp.pretty(e, use_unicode=True, wrap_line=False)
 
 
+def _ascii(e) -> str:
+    return sp.pretty(e, use_unicode=False, wrap_line=False)
+
+
 def _text(e) -> str:
     return sp.sstr(e)
 
 
 #: format name -> how one expression is printed.
-FORMATS = {"pretty": _pretty, "latex": sp.latex, "text": _text}
+FORMATS = {"pretty": _pretty, "ascii": _ascii, "latex": sp.latex, "text": _text}
 
 
 def _lhs(r: Result) -> sp.Symbol:

@@ -1,6 +1,8 @@
 """The command line of derive: commands, formats, export schema, one-line errors."""
 from __future__ import annotations
 
+import errno
+import io
 import json
 import subprocess
 import sys
@@ -100,3 +102,38 @@ def test_a_reader_that_stops_early_is_not_an_error():
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait() == 0 and err == ""
+
+
+def test_show_on_an_ascii_terminal_prints_the_ascii_pretty_form(capsys, monkeypatch):
+    """A stdout that cannot encode Unicode (PYTHONIOENCODING=ascii): the 2-D form in ASCII."""
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert main(["show", "dyisru"]) == 0
+    stdout.flush()
+    text = stdout.buffer.getvalue().decode("ascii")
+    lines = text.splitlines()
+    assert any(line.startswith("dyisru = ") for line in lines)
+    assert any(set(line.strip()) == {"-"} or "---" in line for line in lines)  # a fraction bar
+    assert capsys.readouterr().err == ""
+
+
+class _Full(io.StringIO):
+    def write(self, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("target,needle", [
+    ("/dev/full", "cannot write /dev/full: No space left on device"),
+    ("-", "cannot write to standard output: No space left on device"),
+])
+def test_export_to_a_full_disk_names_what_it_could_not_write(capsys, monkeypatch, target, needle):
+    from derive import export
+
+    monkeypatch.setattr(export, "export", lambda: {"results": {}})
+    if target == "-":
+        monkeypatch.setattr(sys, "stdout", _Full())
+    elif not __import__("os").path.exists(target):
+        pytest.skip("needs /dev/full")
+    assert main(["export", "--json", target]) == 2
+    err = capsys.readouterr().err
+    assert err == f"dynorm: error: {needle}\n"

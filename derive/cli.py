@@ -51,15 +51,17 @@ def cmd_show(args) -> int:
 
 
 def cmd_steps(args) -> int:
-    print(render.steps(result(args.name), args.format))
+    r = result(args.name)
+    print(render.legend([r], args.format) + "\n")
+    print(render.steps(r, args.format))
     return 0
 
 
 def cmd_derivation(args) -> int:
     """The main job: the closed forms of DyT and DyISRU with their derivations."""
-    names = args.names or MAIN_RESULTS
-    for name in names:
-        r = result(name)
+    results = [result(name) for name in args.names or MAIN_RESULTS]
+    print(render.legend(results, args.format) + "\n")
+    for r in results:
         print(render.steps(r, args.format))
         print()
         print(render.formula(r, args.format))

@@ -154,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader stopped (| head, | true): not an error
         _drop_stdout()
         return 0
-    except OSError as e:  # stdout itself could not be written (a full disk)
-        _drop_stdout()
-        print(f"{PROG}: error: cannot write to standard output: {e.strerror}", file=sys.stderr)
+    except OSError as e:  # a full disk: a named file (results.md), or stdout itself
+        if e.filename is None:
+            _drop_stdout()
+        where = "to standard output" if e.filename is None else e.filename
+        print(f"{PROG}: error: cannot write {where}: {e.strerror}", file=sys.stderr)
         return 2

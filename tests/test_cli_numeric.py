@@ -134,3 +134,13 @@ def test_bench_refuses_the_cuda_configuration_without_cuda(tmp_path):
     with pytest.raises(ValueError, match="needs a CUDA device"):
         bench.run(tmp_path / "b", config="cuda")
     assert not (tmp_path / "b").exists()
+
+
+def test_a_full_disk_under_all_names_the_file(fake, tmp_path, monkeypatch, capsys):
+    """results.md, written after every experiment, fails on a full disk: one line naming it."""
+    def full(out, names):
+        raise OSError(28, "No space left on device", str(out / "results.md"))
+    monkeypatch.setattr(cli, "_results_md", full)
+    assert main(["all", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"cannot write {tmp_path / 'results.md'}: No space left on device\n")

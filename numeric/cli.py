@@ -51,7 +51,7 @@ def _check(args) -> None:
     if not args.out:
         raise UsageError("argument --out: empty; name the folder to write into")
     if args.config and args.experiment != "bench":
-        raise UsageError("argument --config: --config applies to bench only")
+        raise UsageError(f"argument --config: applies to bench only, not {args.experiment}")
     needs_cuda = args.experiment == "gpu-verify" or args.config == "cuda"
     if needs_cuda and not torch.cuda.is_available():
         what = "gpu-verify" if args.experiment == "gpu-verify" else "bench --config cuda"

@@ -84,7 +84,7 @@ def test_an_experiment_prints_a_short_summary_and_the_files_it_wrote(fake, tmp_p
 
 @pytest.mark.parametrize("argv,needle", [
     (["bench", "--out", "NEW", "--config", "huge"], "invalid choice: 'huge'"),
-    (["outliers", "--out", "NEW", "--config", "cpu"], "--config applies to bench only"),
+    (["outliers", "--out", "NEW", "--config", "cpu"], "argument --config: applies to bench only, not outliers"),
     (["outliers", "--out", ""], "--out: empty"),
     pytest.param(["bench", "--out", "NEW", "--config", "cuda"], "needs a CUDA device",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks a CPU machine")),

@@ -1,7 +1,11 @@
 """The command line: ``python -m derive`` and the console script ``dynorm``.
 
 Every command is a function in COMMANDS; errors are one line on stderr and exit 2
-(1 for a failed derivation or stale generated files), never a traceback.
+(1 for a failed derivation or stale generated files), never a traceback. A reader that
+stops early (``| head``) is not an error. The pretty format falls back to SymPy's ASCII
+pretty form when stdout cannot encode Unicode (``PYTHONIOENCODING=ascii``, a C locale):
+the same 2-D layout, with ``sqrt`` and ``-`` bars for the root and fraction signs, so
+nothing is lost, where replacing the characters would print ``?`` in their place.
 """
 from __future__ import annotations
 
@@ -47,15 +51,17 @@ def cmd_show(args) -> int:
 
 
 def cmd_steps(args) -> int:
-    print(render.steps(result(args.name), args.format))
+    r = result(args.name)
+    print(render.legend([r], args.format) + "\n")
+    print(render.steps(r, args.format))
     return 0
 
 
 def cmd_derivation(args) -> int:
     """The main job: the closed forms of DyT and DyISRU with their derivations."""
-    names = args.names or MAIN_RESULTS
-    for name in names:
-        r = result(name)
+    results = [result(name) for name in args.names or MAIN_RESULTS]
+    print(render.legend(results, args.format) + "\n")
+    for r in results:
         print(render.steps(r, args.format))
         print()
         print(render.formula(r, args.format))
@@ -68,9 +74,12 @@ def cmd_export(args) -> int:
     text = export.dumps(data)
     if args.json == "-":
         sys.stdout.write(text)
-    else:
+        return 0
+    try:
         Path(args.json).write_text(text)
-        print(f"wrote {len(data['results'])} results to {args.json}")
+    except OSError as e:  # a full disk fails on close, where the error names no file
+        raise OSError(e.errno, e.strerror, args.json) from None
+    print(f"wrote {len(data['results'])} results to {args.json}")
     return 0
 
 
@@ -117,10 +126,31 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _unicode_ok(stream) -> bool:
+    """Whether ``stream`` can encode what the pretty printer draws."""
+    try:
+        "\u2500\u221a\u22c5\u03c3".encode(getattr(stream, "encoding", None) or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+def _drop_stdout() -> None:
+    """Point stdout at devnull, so the interpreter's flush at exit does not fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # a stdout without a file descriptor (a test's capture)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
-        return args.run(args)
+        if getattr(args, "format", None) == "pretty" and not _unicode_ok(sys.stdout):
+            args.format = "ascii"
+        rc = args.run(args)
+        sys.stdout.flush()  # a full disk shows here, not at exit
+        return rc
     except UsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
@@ -128,11 +158,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: derivation failed: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # the reader stopped (| head): not an error; before OSError,
-        # its base class. Point stdout at devnull so the exit's flush does not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_stdout()       # its base class
         return 0
     except OSError as e:
-        print(f"{PROG}: error: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
+        if e.filename is None:  # no file named: stdout itself
+            _drop_stdout()
+        where = "to standard output" if e.filename is None else e.filename
+        print(f"{PROG}: error: cannot write {where}: {e.strerror}", file=sys.stderr)
+        return 2
+    except UnicodeEncodeError as e:
+        print(f"{PROG}: error: standard output ({e.encoding}) cannot print {e.object[e.start]!r}; "
+              "use --format text or set PYTHONIOENCODING=utf-8", file=sys.stderr)
         return 2
 
 

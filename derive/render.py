@@ -2,13 +2,20 @@
 from __future__ import annotations
 
 import sympy as sp
+from sympy.core.function import AppliedUndef
+from sympy.printing.pretty.stringpict import prettyForm
 
 from .catalog import Result
 from .steps import Step
+from .symbols import MEANINGS
 
 
 def _pretty(e) -> str:
     return sp.pretty(e, use_unicode=True, wrap_line=False)
+
+
+def _ascii(e) -> str:
+    return sp.pretty(e, use_unicode=False, wrap_line=False)
 
 
 def _text(e) -> str:
@@ -16,11 +23,48 @@ def _text(e) -> str:
 
 
 #: format name -> how one expression is printed.
-FORMATS = {"pretty": _pretty, "latex": sp.latex, "text": _text}
+FORMATS = {"pretty": _pretty, "ascii": _ascii, "latex": sp.latex, "text": _text}
+
+
+class _Name(sp.Symbol):
+    """A result's name on the left of its formula, printed as written: SymPy would print
+    the symbol rmsnorm as the norm of "rms" and read "_ln" as a subscript."""
+
+    def _pretty(self, printer):
+        return prettyForm(self.name)
+
+    def _latex(self, printer):
+        return r"\mathrm{%s}" % self.name.replace("_", r"\_")
 
 
 def _lhs(r: Result) -> sp.Symbol:
-    return sp.Symbol(r.name)
+    return _Name(r.name)
+
+
+def _names(r: Result) -> set[str]:
+    """The names of the symbols (and functions, as y(x)) that r's formula and steps print."""
+    exprs = [r.expr, *r.params, *r.params.values(), *(st.expr for st in r.steps)]
+    names = set()
+    for e in map(sp.sympify, exprs):
+        names |= {s.name for s in e.free_symbols}
+        names |= {f.func.__name__ for f in e.atoms(AppliedUndef)}
+    return names
+
+
+def _legend_rows(results, print_symbol) -> list[tuple[str, str, str]]:
+    """(name, printed form, meaning) for each symbol these results print, in table order."""
+    used = set().union(*map(_names, results))
+    return [(name, print_symbol(sp.Symbol(name)), meaning)
+            for name, meaning in MEANINGS.items() if name in used]
+
+
+def legend(results, fmt: str = "pretty") -> str:
+    """What each symbol printed in these results stands for; a symbol printed otherwise than
+    its name (sigma as σ) is given both ways, since the reasons and claims spell the names."""
+    rows = [(p if p == name else f"{p} {name}", meaning)
+            for name, p, meaning in _legend_rows(results, FORMATS[fmt])]
+    width = max((len(sym) for sym, _ in rows), default=0)
+    return "\n".join(["Symbols:"] + [f"  {sym.ljust(width)}  {meaning}" for sym, meaning in rows])
 
 
 def formula(r: Result, fmt: str = "pretty") -> str:
@@ -67,9 +111,11 @@ def markdown(results: dict[str, Result]) -> str:
            "",
            "Every step below was produced by SymPy in `derive/`, and every claim listed under "
            "it was checked twice: exactly (SymPy reduces the difference to 0) and numerically "
-           "(both sides at random rational points, 50 digits). Symbols as in MATH.md: x is "
-           "channel i's input, y its output, C the number of channels.",
+           "(both sides at random rational points, 50 digits). The symbols:",
            ""]
+    out += [f"- ${p}$: {meaning}" if p == name else f"- ${p}$ ({name}): {meaning}"
+            for name, p, meaning in _legend_rows(results.values(), sp.latex)]
+    out.append("")
     for r in results.values():
         out += [f"## `{r.name}`: {r.title}", "", _md_math(sp.Eq(_lhs(r), r.expr, evaluate=False))]
         if r.params:

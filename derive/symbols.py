@@ -1,7 +1,8 @@
 """The canonical symbols of MATH.md section 1, each created once with its assumptions.
 
 ``ASSUMPTIONS`` is the single source: the export writes it, ``symbol(name)`` reads it,
-and ``parse`` turns an exported string back into the same expression.
+and ``parse`` turns an exported string back into the same expression. ``MEANINGS`` says
+what each symbol stands for, helpers included: the legend of a printed derivation.
 """
 from __future__ import annotations
 
@@ -9,22 +10,49 @@ import sympy as sp
 
 #: name -> assumptions, exactly as the symbols are created (and exported).
 ASSUMPTIONS: dict[str, dict[str, bool]] = {
-    "x": {"real": True},          # channel i's input
-    "x_k": {"real": True},        # another channel k != i
-    "y": {"real": True},          # the norm's output for channel i
-    "y_k": {"real": True},        # the norm's output for channel k
-    "C": {"integer": True, "positive": True},   # number of channels
-    "epsilon": {"nonnegative": True},           # the norm's eps
-    "sigma": {"positive": True},  # RMS of the whole vector, eps included
-    "S": {"nonnegative": True},   # sum of x_j^2 over j != i
-    "beta": {"positive": True},   # DyISRU's parameter
-    "alpha": {"positive": True},  # DyT's inner scale
-    "gamma": {"positive": True},  # DyT's outer scale (the bound)
-    "mu": {"real": True},         # LayerNorm's mean
-    "s": {"positive": True},      # LayerNorm's standard deviation, eps included
-    "m": {"real": True},          # mean of the channels other than i
-    "Q": {"nonnegative": True},   # sum over j != i of (x_j - m)^2
-    "shift": {"real": True},      # an input shift: Derf's inner shift, the layers' shift
+    "x": {"real": True},
+    "x_k": {"real": True},
+    "y": {"real": True},
+    "y_k": {"real": True},
+    "C": {"integer": True, "positive": True},
+    "epsilon": {"nonnegative": True},
+    "sigma": {"positive": True},
+    "S": {"nonnegative": True},
+    "beta": {"positive": True},
+    "alpha": {"positive": True},
+    "gamma": {"positive": True},
+    "mu": {"real": True},
+    "s": {"positive": True},
+    "m": {"real": True},
+    "Q": {"nonnegative": True},
+    "shift": {"real": True},
+}
+
+#: name -> what the symbol stands for, for every symbol a derivation prints (the legend).
+MEANINGS: dict[str, str] = {
+    "x": "channel i's input",
+    "x_k": "the input of another channel k != i",
+    "y": "the norm's output for channel i",
+    "y_k": "the norm's output for channel k",
+    "C": "the number of channels",
+    "epsilon": "the norm's eps, added under the square root",
+    "sigma": "RMSNorm's root mean square of the whole vector, eps included",
+    "S": "the sum of x_j^2 over the channels j != i",
+    "beta": "DyISRU's parameter: beta + x^2 under the square root",
+    "alpha": "DyT's inner scale: tanh(alpha x)",
+    "gamma": "DyT's outer scale, the bound of its output",
+    "mu": "LayerNorm's mean of the whole vector",
+    "s": "LayerNorm's standard deviation of the whole vector, eps included",
+    "m": "the mean of the channels j != i",
+    "Q": "the sum over the channels j != i of (x_j - m)^2",
+    "shift": "an input shift: Derf's inner shift, erf(alpha x + shift)",
+    "R": "RMSNorm: the sum of x_j^2 over the channels other than i and k",
+    "T": "LayerNorm: the sum of x_j over the channels other than i and k",
+    "U": "LayerNorm: the sum of x_j^2 over the channels other than i and k",
+    "n": "C - 1, a positive integer (the LayerNorm forms need C >= 2)",
+    "u": "an integration variable",
+    "v": "an integration variable",
+    "K": "the integration constant of the DyISRU family",
 }
 
 _TABLE = {name: sp.Symbol(name, **a) for name, a in ASSUMPTIONS.items()}
@@ -44,14 +72,13 @@ x, x_k, y, y_k, C, epsilon, sigma, S, beta, alpha, gamma, mu, s, m, Q, shift = (
     _TABLE[n] for n in ASSUMPTIONS
 )
 
-# Helpers of the general-C Jacobian derivations: the channels other than i and k.
-R = sp.Symbol("R", nonnegative=True)  # RMSNorm: sum of their squares
-T = sp.Symbol("T", real=True)         # LayerNorm: their sum
-U = sp.Symbol("U", nonnegative=True)  # LayerNorm: sum of their squares
+# Helpers of the general-C Jacobian derivations and of the ODE steps (MEANINGS says what).
+R = sp.Symbol("R", nonnegative=True)
+T = sp.Symbol("T", real=True)
+U = sp.Symbol("U", nonnegative=True)
 # C >= 2 (LayerNorm's forms need C - 1 > 0): C = n + 1 with n a positive integer.
 n = sp.Symbol("n", integer=True, positive=True)
 C_AT_LEAST_2 = {C: n + 1}
-# Integration variables of the ODE steps.
 u = sp.Symbol("u", real=True)
 v = sp.Symbol("v", real=True)
-K = sp.Symbol("K", positive=True)     # the integration constant of the DyISRU family
+K = sp.Symbol("K", positive=True)

@@ -217,6 +217,8 @@ def _measure(case: Case, shape, dtype, device, reps, mode) -> dict:
 def run(out: Path, *, quick: bool = False, progress=print, config: str | None = None) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     config = config or ("quick" if quick else device)
+    if config == "cuda" and device != "cuda":
+        raise ValueError("config 'cuda' needs a CUDA device, and none is present")
     cfg = CONFIGS[config]
     rows, summary = [], {}
     for shape in cfg["shapes"]:

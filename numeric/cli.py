@@ -1,20 +1,27 @@
 """``python -m numeric EXPERIMENT --out DIR``: run an experiment, write figures and tables.
 
-Errors are one line and exit 2 (an unknown name, a bad number, an unwritable path).
+Every option is checked before anything is created or run. Errors are one line and exit 2
+(an unknown name, a bad number, an unwritable path, a full disk); a reader that stops
+early (``| head``) is not an error. An experiment prints a short summary and the files it
+wrote; its whole results go to ``results.json`` beside them.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from pathlib import Path
 
-import re
+import torch
 
+from .bench import CONFIGS
 from .experiments import EXPERIMENTS, RUNNABLE, load
 from .experiments.report import Progress
 
 PROG = "python -m numeric"
+SUMMARY_LINES = 12   # numbers printed per experiment; results.json holds them all
 
 
 class UsageError(Exception):
@@ -26,6 +33,31 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Run one of dynorm's numerical experiments.")
+    names = ", ".join(RUNNABLE)
+    p.add_argument("experiment", choices=[*RUNNABLE, "all"], metavar="EXPERIMENT",
+                   help=f"one of: {names}, or all (every experiment, and results.md)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for the figures (PNG) and tables (CSV, Markdown)")
+    p.add_argument("--quick", action="store_true", help="the small configuration of the tests")
+    p.add_argument("--config", choices=tuple(CONFIGS),
+                   help="bench only: which shapes and repetitions (default: the device's)")
+    return p
+
+
+def _check(args) -> None:
+    """What parsing cannot see, checked before anything is created."""
+    if not args.out:
+        raise UsageError("argument --out: empty; name the folder to write into")
+    if args.config and args.experiment != "bench":
+        raise UsageError(f"argument --config: applies to bench only, not {args.experiment}")
+    needs_cuda = args.experiment == "gpu-verify" or args.config == "cuda"
+    if needs_cuda and not torch.cuda.is_available():
+        what = "gpu-verify" if args.experiment == "gpu-verify" else "bench --config cuda"
+        raise UsageError(f"{what} needs a CUDA device, and none is present")
+
+
 def _writable_dir(text: str) -> Path:
     path = Path(text)
     try:
@@ -34,21 +66,33 @@ def _writable_dir(text: str) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise argparse.ArgumentTypeError(f"cannot write to {text!r}: {e.strerror}") from None
+        raise UsageError(f"argument --out: cannot write to {text!r}: {e.strerror}") from None
     return path
 
 
-def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Run one of dynorm's numerical experiments.")
-    names = ", ".join(RUNNABLE)
-    p.add_argument("experiment", choices=[*RUNNABLE, "all"], metavar="EXPERIMENT",
-                   help=f"one of: {names}, or all (every experiment, and results.md)")
-    p.add_argument("--out", required=True, type=_writable_dir, metavar="DIR",
-                   help="folder for the figures (PNG) and tables (CSV, Markdown)")
-    p.add_argument("--quick", action="store_true", help="the small configuration of the tests")
-    p.add_argument("--config", choices=("cpu", "cpu-full", "cuda", "quick"),
-                   help="bench only: which shapes and repetitions (default: the device's)")
-    return p
+def _files(out: Path) -> dict[Path, int]:
+    """Every file under ``out`` with its modification time."""
+    return {p: p.stat().st_mtime_ns for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def _leaves(value, prefix: str = ""):
+    """(dotted key, number or string) for each scalar in a nest of dicts (lists skipped)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _leaves(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(value, (int, float, str, bool)) or value is None:
+        yield prefix, value
+
+
+def _summary_lines(name: str, results: Path, summary: dict) -> list[str]:
+    """A few of the run's numbers; results.json holds them all."""
+    leaves = list(_leaves(summary))
+    lines = [f"{name}: {len(leaves)} results (all in {results})"]
+    lines += [f"  {k}: {v:.6g}" if isinstance(v, float) else f"  {k}: {v}"
+              for k, v in leaves[:SUMMARY_LINES]]
+    if len(leaves) > SUMMARY_LINES:
+        lines.append(f"  ... and {len(leaves) - SUMMARY_LINES} more")
+    return lines
 
 
 def _results_md(out: Path, names: list[str]) -> Path:
@@ -65,25 +109,54 @@ def _results_md(out: Path, names: list[str]) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parser().parse_args(argv)
-    except UsageError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+def _run(argv) -> int:
+    args = parser().parse_args(argv)
+    _check(args)
+    root = _writable_dir(args.out)
     names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
     progress = Progress()
     for name in names:
-        out = args.out / name if args.experiment == "all" else args.out
+        out = root / name if args.experiment == "all" else root
         progress(f"{name}: running ({RUNNABLE[name][1]})")
-        extra = {"config": args.config} if name in ("bench",) and args.config else {}
+        extra = {"config": args.config} if args.config else {}
+        before = _files(out) if out.is_dir() else {}
+        results = out / "results.json"
         try:
             summary = load(name)(out, quick=args.quick, progress=progress, **extra)
+            results.write_text(json.dumps(summary, indent=2, default=str) + "\n")
         except (ValueError, OSError) as e:
             print(f"{PROG}: error: {name}: {e}", file=sys.stderr)
             return 2
-        progress(f"{name}: done, outputs in {out}")
-        print(json.dumps({name: summary}, indent=2, default=str))
+        written = [p for p, t in _files(out).items() if before.get(p) != t]
+        print("\n".join(_summary_lines(name, results, summary)))
+        print(f"{name}: wrote {len(written)} files" + "".join(f"\n  {p}" for p in written))
+        sys.stdout.flush()  # a closed pipe or a full disk shows here, not at exit
+        progress(f"{name}: done")
     if args.experiment == "all":
-        progress(f"wrote {_results_md(args.out, names)}")
+        progress(f"wrote {_results_md(root, names)}")
     return 0
+
+
+def _drop_stdout() -> None:
+    """Point stdout at devnull, so the interpreter's flush at exit does not fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # a stdout without a file descriptor (a test's capture)
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _run(argv)
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader stopped (| head, | true): not an error
+        _drop_stdout()
+        return 0
+    except OSError as e:  # a full disk: a named file (results.md), or stdout itself
+        if e.filename is None:
+            _drop_stdout()
+        where = "to standard output" if e.filename is None else e.filename
+        print(f"{PROG}: error: cannot write {where}: {e.strerror}", file=sys.stderr)
+        return 2

@@ -1,7 +1,10 @@
 """The command line of derive: commands, formats, export schema, one-line errors."""
 from __future__ import annotations
 
+import errno
+import io
 import json
+import re
 import subprocess
 import sys
 
@@ -9,6 +12,7 @@ import pytest
 import sympy as sp
 
 from derive import NAMES
+from derive.catalog import result
 from derive.cli import main
 from derive.symbols import ASSUMPTIONS
 
@@ -100,3 +104,83 @@ def test_a_reader_that_stops_early_is_not_an_error():
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait() == 0 and err == ""
+
+
+def test_show_on_an_ascii_terminal_prints_the_ascii_pretty_form(capsys, monkeypatch):
+    """A stdout that cannot encode Unicode (PYTHONIOENCODING=ascii): the 2-D form in ASCII."""
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert main(["show", "dyisru"]) == 0
+    stdout.flush()
+    text = stdout.buffer.getvalue().decode("ascii")
+    lines = text.splitlines()
+    assert any(line.startswith("dyisru = ") for line in lines)
+    assert any(set(line.strip()) == {"-"} or "---" in line for line in lines)  # a fraction bar
+    assert capsys.readouterr().err == ""
+
+
+class _Full(io.StringIO):
+    def write(self, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("target,needle", [
+    ("/dev/full", "cannot write /dev/full: No space left on device"),
+    ("-", "cannot write to standard output: No space left on device"),
+])
+def test_export_to_a_full_disk_names_what_it_could_not_write(capsys, monkeypatch, target, needle):
+    from derive import export
+
+    monkeypatch.setattr(export, "export", lambda: {"results": {}})
+    if target == "-":
+        monkeypatch.setattr(sys, "stdout", _Full())
+    elif not __import__("os").path.exists(target):
+        pytest.skip("needs /dev/full")
+    assert main(["export", "--json", target]) == 2
+    err = capsys.readouterr().err
+    assert err == f"dynorm: error: {needle}\n"
+
+
+@pytest.mark.parametrize("name", ["rmsnorm", "layernorm_jacobian_diag", "dyt_ln"])
+def test_result_names_print_as_written(capsys, name):
+    """SymPy alone prints rmsnorm as ‖rms‖ (\\left\\|{rms}\\right\\|) and dyt_ln as dytₗₙ."""
+    _, pretty, _ = run(capsys, "show", name)
+    assert any(line.startswith(f"{name} = ") for line in pretty.splitlines()), pretty
+    _, latex, _ = run(capsys, "show", name, "--format", "latex")
+    lhs = latex.splitlines()[1].split(" = ")[0]
+    assert lhs == r"\mathrm{%s}" % name.replace("_", r"\_")
+
+
+@pytest.mark.parametrize("argv,names", [
+    (["derivation"], ["C", "sigma", "S", "epsilon", "beta", "alpha", "gamma"]),
+    (["steps", "dyisru_ln"], ["C", "m", "Q", "epsilon", "beta"]),
+    (["steps", "dyt_ln", "--format", "text"], ["C", "mu", "s", "alpha", "gamma"]),
+])
+def test_a_derivation_says_what_its_symbols_are(capsys, argv, names):
+    from derive.symbols import MEANINGS
+
+    rc, out, _ = run(capsys, *argv)
+    legend = out.split("\n\n")[0].splitlines()
+    assert rc == 0 and legend[0] == "Symbols:"
+    for name in names:
+        (line,) = [line for line in legend if line.endswith("  " + MEANINGS[name])]
+        assert name in line.split()
+
+
+def test_every_symbol_a_derivation_prints_has_a_meaning():
+    from derive.symbols import MEANINGS
+
+    for name in NAMES:
+        r = result(name)
+        printed = set().union(*(sp.sympify(e).free_symbols for e in
+                                [r.expr, *r.params, *r.params.values(), *(s.expr for s in r.steps)]))
+        assert {s.name for s in printed} <= set(MEANINGS), name
+
+
+def test_claims_speak_of_C_not_of_the_helper_n(capsys):
+    """The LayerNorm forms are checked with C = n + 1; their claims say C - 1."""
+    rc, out, _ = run(capsys, "steps", "dyisru_ln")
+    assert "tends to sqrt(C - 1) as x -> +oo" in out
+    for name in NAMES:
+        claims = [c.claim for st in result(name).steps for c in st.checks]
+        assert not [c for c in claims if re.search(r"\bn\b", c)], name

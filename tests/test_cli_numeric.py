@@ -2,12 +2,33 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from numeric import verify
+from numeric import cli, verify
 from numeric.cli import main
+
+NUMBERS = {"max_error": 1.5e-7, "per_case": {f"case {i}": i / 7 for i in range(60)}}
+
+
+def _fake_run(out, *, quick=False, progress=print, **options):
+    """A stand-in experiment: writes two files, returns 61 numbers."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.csv").write_text("a\n1\n")
+    (out / "summary.md").write_text("## fake\n")
+    return NUMBERS
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """Every experiment name runs the stand-in; the list records each call."""
+    calls = []
+    monkeypatch.setattr(cli, "load", lambda name: lambda out, **kw: calls.append(kw) or _fake_run(out, **kw))
+    return calls
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -48,3 +69,78 @@ def test_gpu_verify_counts_cuda_tests_and_largest_errors(tmp_path):
     (worst,) = verify.largest_errors(log)
     assert worst["max_err_over_allowed"] == 0.7 and worst["what"] == "dyt grad x"
     assert worst["max_abs_err"] == 1e-3
+
+
+def test_an_experiment_prints_a_short_summary_and_the_files_it_wrote(fake, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["norms-axes", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert len(printed.splitlines()) <= 20
+    assert "max_error: 1.5e-07" in printed
+    for name in ("table.csv", "summary.md", "results.json"):
+        assert str(out / name) in printed
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(NUMBERS))
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["bench", "--out", "NEW", "--config", "huge"], "invalid choice: 'huge'"),
+    (["outliers", "--out", "NEW", "--config", "cpu"], "argument --config: applies to bench only, not outliers"),
+    (["outliers", "--out", ""], "--out: empty"),
+    pytest.param(["bench", "--out", "NEW", "--config", "cuda"], "needs a CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks a CPU machine")),
+])
+def test_bad_options_fail_at_once_and_create_nothing(fake, tmp_path, monkeypatch, capsys,
+                                                      argv, needle):
+    monkeypatch.chdir(tmp_path)
+    assert main([a.replace("NEW", str(tmp_path / "new")) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not fake and list(tmp_path.iterdir()) == []
+
+
+_STANDIN = """
+import sys
+from numeric import cli
+cli.load = lambda name: lambda out, **kw: {"value": 1.0}
+sys.exit(cli.main(["norms-axes", "--out", sys.argv[1]]))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("reader,rc,error", [
+    ("closed pipe", 0, []),
+    ("full disk", 2, [f"{cli.PROG}: error: cannot write to standard output: No space left on device"]),
+])
+def test_a_closed_pipe_or_a_full_disk_gives_one_line_and_no_traceback(tmp_path, reader, rc, error):
+    """`python -m numeric ... | true` exits 0; `... > /dev/full` says so in one line, exit 2."""
+    argv = [sys.executable, "-c", _STANDIN, str(tmp_path)]
+    if reader == "closed pipe":
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        code = proc.wait()
+    else:
+        with open("/dev/full", "w") as full:
+            p = subprocess.run(argv, stdout=full, stderr=subprocess.PIPE, text=True)
+        err, code = p.stderr, p.returncode
+    assert code == rc
+    assert [line for line in err.splitlines() if not line.startswith("[")] == error  # progress aside
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a CPU machine")
+def test_bench_refuses_the_cuda_configuration_without_cuda(tmp_path):
+    from numeric import bench
+
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        bench.run(tmp_path / "b", config="cuda")
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_full_disk_under_all_names_the_file(fake, tmp_path, monkeypatch, capsys):
+    """results.md, written after every experiment, fails on a full disk: one line naming it."""
+    def full(out, names):
+        raise OSError(28, "No space left on device", str(out / "results.md"))
+    monkeypatch.setattr(cli, "_results_md", full)
+    assert main(["all", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"cannot write {tmp_path / 'results.md'}: No space left on device\n")

@@ -41,9 +41,9 @@ KNOWN_NORMS = {nn.LayerNorm: _norm_parts, nn.RMSNorm: _norm_parts,
                norms.LayerNorm: _norm_parts, norms.RMSNorm: _norm_parts}
 
 
-def _reader(m: nn.Module):
-    """The reader of the nearest known norm class in m's class hierarchy, or None."""
-    return next((KNOWN_NORMS[c] for c in type(m).__mro__ if c in KNOWN_NORMS), None)
+def _lookup(table: dict, m: nn.Module):
+    """The row of the nearest class in m's class hierarchy that the table has, or None."""
+    return next((table[c] for c in type(m).__mro__ if c in table), None)
 
 
 def _no_fused_layer(layer: nn.TransformerEncoderLayer) -> None:
@@ -101,8 +101,8 @@ def _placement(*modules: nn.Module) -> dict:
 
 
 def _build(old: nn.Module, to: str, keep_affine: bool, options: dict, place: dict) -> nn.Module:
-    c, w, b = _reader(old)(old)
-    new = TARGETS[to](c, **{"bias": b is not None, **options, **place})
+    c, w, b = _lookup(KNOWN_NORMS, old)(old)
+    new = TARGETS[to](c, **{"bias": b is not None, **place, **options})
     with torch.no_grad():
         if keep_affine and w is not None:
             new.weight.mul_(w.to(new.weight.dtype))
@@ -116,7 +116,7 @@ def _build(old: nn.Module, to: str, keep_affine: bool, options: dict, place: dic
 def _unfuse(model: nn.Module, replaced: list[str], report: Report) -> None:
     """Turn off torch's fused paths in every module that holds a replaced norm."""
     for name, m in model.named_modules():
-        fix = next((FUSED_PATHS[c] for c in type(m).__mro__ if c in FUSED_PATHS), None)
+        fix = _lookup(FUSED_PATHS, m)
         if fix is not None and any(r.startswith(f"{name}.") or not name for r in replaced):
             fix(m)
             report.unfused.append(name)
@@ -133,18 +133,20 @@ def convert(model: nn.Module, to: str = "dyisru", *, keep_affine: bool = True,
         raise ValueError(f"to must be one of {sorted(TARGETS)}, got {to!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if _reader(model) is not None:
+    if _lookup(KNOWN_NORMS, model) is not None:
         report = Report(_build(model, to, keep_affine, options, _placement(model)))
         report.append(Replacement("", repr(model), repr(report.model)))
         return report
-    report = Report(model)
+    report, done = Report(model), {}        # done: id(old norm) -> its replacement
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
-            if _reader(child) is None:
+            if _lookup(KNOWN_NORMS, child) is None:
                 continue
-            new = _build(child, to, keep_affine, options, _placement(child, parent, model))
-            setattr(parent, child_name, new)
             full = f"{parent_name}.{child_name}" if parent_name else child_name
-            report.append(Replacement(full, repr(child), repr(new)))
+            if id(child) not in done:           # a norm shared by two parents stays shared
+                done[id(child)] = _build(child, to, keep_affine, options,
+                                         _placement(child, parent, model))
+                report.append(Replacement(full, repr(child), repr(done[id(child)])))
+            setattr(parent, child_name, done[id(child)])
     _unfuse(model, [r.name for r in report], report)
     return report

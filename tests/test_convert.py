@@ -51,6 +51,19 @@ def test_a_norm_as_the_model_returns_its_replacement():
     assert numeric.convert(model, "dyt").model is model      # a model is changed in place
 
 
+def test_a_norm_shared_by_two_parents_stays_shared():
+    ln = nn.LayerNorm(8)
+    model = nn.Sequential(nn.Sequential(ln), nn.Sequential(nn.Linear(8, 8), ln))
+    report = numeric.convert(model, "dyt")
+    assert len(report) == 1 and model[0][0] is model[1][1]
+    assert isinstance(model[1][1], numeric.DyT)
+
+
+def test_model_must_be_a_module():
+    with pytest.raises(TypeError, match="model must be an nn.Module, got dict"):
+        numeric.convert({"ln": nn.LayerNorm(8)}, "dyt")
+
+
 # -- what the new layer keeps -------------------------------------------------------------------
 
 @pytest.mark.parametrize("to", sorted(TARGETS))

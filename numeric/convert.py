@@ -1,19 +1,26 @@
-"""Replace a model's nn.LayerNorm and nn.RMSNorm modules with a dynamic counterpart.
+"""Replace a model's LayerNorm and RMSNorm modules with a dynamic counterpart.
 
     report = numeric.convert(model, to="dyisru")
     print(report)          # one line per replaced module
+    model = report.model   # the same model, or the replacement when model itself was a norm
 
-The known norms and the targets are tables; device and dtype of each replaced module are
-kept. With ``keep_affine`` (default) a norm's learned weight and bias carry over: the new
-weight is the norm's weight times the target's default scale, the bias is the norm's bias.
+The known norms and the targets are tables; subclasses of a known norm are converted too.
+Each new layer takes the device and dtype of the norm's parameters (of the enclosing
+module's, for a norm without any) and has a bias only if the norm had one. With
+``keep_affine`` (default) a norm's learned weight and bias carry over: the new weight is the
+norm's weight times the target's default scale, the bias is the norm's bias. A norm without
+a weight gets the target's default scale as a frozen weight (requires_grad False), so the
+converted model learns no affine parameter the original did not have.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from . import norms
 from .layers import DyISRU, DyISRULN, DyT, DyTLN
 
 #: target name -> layer class.
@@ -29,8 +36,30 @@ def _norm_parts(m: nn.Module):
     return shape[0], getattr(m, "weight", None), getattr(m, "bias", None)
 
 
-#: norm class -> how to read it (both share the reader; a new norm adds a row).
-KNOWN_NORMS = {nn.LayerNorm: _norm_parts, nn.RMSNorm: _norm_parts}
+#: norm class (and its subclasses) -> how to read it (a new norm adds a row).
+KNOWN_NORMS = {nn.LayerNorm: _norm_parts, nn.RMSNorm: _norm_parts,
+               norms.LayerNorm: _norm_parts, norms.RMSNorm: _norm_parts}
+
+
+def _lookup(table: dict, m: nn.Module):
+    """The row of the nearest class in m's class hierarchy that the table has, or None."""
+    return next((table[c] for c in type(m).__mro__ if c in table), None)
+
+
+def _no_fused_layer(layer: nn.TransformerEncoderLayer) -> None:
+    # Its forward takes the fused path only when activation_relu_or_gelu is set, and
+    # checks that before reading norm1.eps (which a converted layer does not have).
+    layer.activation_relu_or_gelu = 0
+
+
+def _no_nested(encoder: nn.TransformerEncoder) -> None:
+    # With use_nested_tensor False its forward keeps padded tensors for its layers.
+    encoder.use_nested_tensor = False
+
+
+#: torch modules (and subclasses) with a fused inference path that runs its own LayerNorm
+#: (from the norms' eps, weight and bias) -> how to make them run their submodules instead.
+FUSED_PATHS = {nn.TransformerEncoderLayer: _no_fused_layer, nn.TransformerEncoder: _no_nested}
 
 
 @dataclass(frozen=True)
@@ -40,45 +69,84 @@ class Replacement:
     new: str
 
     def __str__(self) -> str:
-        return f"{self.name}: {self.old} -> {self.new}"
+        return f"{self.name or '(model)'}: {self.old} -> {self.new}"
 
 
 class Report(list):
-    """The replacements made, in module order; prints one line each."""
+    """The replacements made, in module order; prints one line each.
+
+    ``model`` is the converted model: the one passed in, changed in place, or the new layer
+    when the model itself was a norm. ``unfused`` names the modules whose fused path
+    was turned off (see FUSED_PATHS).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.unfused: list[str] = []
 
     def __str__(self) -> str:
-        return "\n".join(map(str, self)) or "no LayerNorm or RMSNorm found"
+        lines = [str(r) for r in self] + [f"{n or '(model)'}: torch's fused path off (it "
+                                          f"would run a LayerNorm)" for n in self.unfused]
+        return "\n".join(lines) or "no LayerNorm or RMSNorm found"
 
 
-def _build(old: nn.Module, to: str, keep_affine: bool, options: dict) -> nn.Module:
-    c, w, b = KNOWN_NORMS[type(old)](old)
-    ref = w if w is not None else next(old.buffers(), None)
-    kw = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
-    new = TARGETS[to](c, bias=True, **options, **kw)
-    if keep_affine:
-        with torch.no_grad():
-            if w is not None:
-                new.weight.mul_(w.to(new.weight.dtype))
-            if b is not None:
-                new.bias.copy_(b.to(new.bias.dtype))
+def _placement(*modules: nn.Module) -> dict:
+    """device and dtype of the first floating-point tensor of the first module that has one."""
+    for m in modules:
+        for t in itertools.chain(m.parameters(), m.buffers()):
+            if t.is_floating_point():
+                return {"device": t.device, "dtype": t.dtype}
+    return {}
+
+
+def _build(old: nn.Module, to: str, keep_affine: bool, options: dict, place: dict) -> nn.Module:
+    c, w, b = _lookup(KNOWN_NORMS, old)(old)
+    new = TARGETS[to](c, **{"bias": b is not None, **place, **options})
+    with torch.no_grad():
+        if keep_affine and w is not None:
+            new.weight.mul_(w.to(new.weight.dtype))
+        if keep_affine and b is not None and new.bias is not None:
+            new.bias.copy_(b.to(new.bias.dtype))
+    if w is None:
+        new.weight.requires_grad_(False)
     return new
+
+
+def _unfuse(model: nn.Module, replaced: list[str], report: Report) -> None:
+    """Turn off torch's fused paths in every module that holds a replaced norm."""
+    for name, m in model.named_modules():
+        fix = _lookup(FUSED_PATHS, m)
+        if fix is not None and any(r.startswith(f"{name}.") or not name for r in replaced):
+            fix(m)
+            report.unfused.append(name)
 
 
 def convert(model: nn.Module, to: str = "dyisru", *, keep_affine: bool = True,
             **options) -> Report:
-    """Replace every nn.LayerNorm / nn.RMSNorm in ``model`` in place; return what changed.
+    """Replace every LayerNorm / RMSNorm in ``model`` in place; return what changed.
 
-    ``to`` is one of TARGETS; ``options`` go to the target's constructor (alpha_init=...).
+    ``to`` is one of TARGETS; ``options`` go to the target's constructor (alpha_init=...,
+    bias=...). When ``model`` itself is a norm, ``report.model`` is its replacement.
     """
     if to not in TARGETS:
         raise ValueError(f"to must be one of {sorted(TARGETS)}, got {to!r}")
-    report = Report()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if _lookup(KNOWN_NORMS, model) is not None:
+        report = Report(_build(model, to, keep_affine, options, _placement(model)))
+        report.append(Replacement("", repr(model), repr(report.model)))
+        return report
+    report, done = Report(model), {}        # done: id(old norm) -> its replacement
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
-            if type(child) not in KNOWN_NORMS:
+            if _lookup(KNOWN_NORMS, child) is None:
                 continue
-            new = _build(child, to, keep_affine, options)
-            setattr(parent, child_name, new)
             full = f"{parent_name}.{child_name}" if parent_name else child_name
-            report.append(Replacement(full, repr(child), repr(new)))
+            if id(child) not in done:           # a norm shared by two parents stays shared
+                done[id(child)] = _build(child, to, keep_affine, options,
+                                         _placement(child, parent, model))
+                report.append(Replacement(full, repr(child), repr(done[id(child)])))
+            setattr(parent, child_name, done[id(child)])
+    _unfuse(model, [r.name for r in report], report)
     return report

@@ -106,6 +106,8 @@ class _Elementwise(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name, p in self.named_parameters(recurse=False):
             t = state_dict.get(prefix + name)
+            if t is not None and p.dim() == 0 and tuple(t.shape) == (1,):
+                state_dict[prefix + name] = t = t.reshape(())   # the official DyT's alpha (1,)
             if t is not None and tuple(t.shape) != tuple(p.shape):
                 raise ValueError(f"state dict: {prefix + name} has shape {tuple(t.shape)}, "
                                  f"expected {tuple(p.shape)}")
@@ -125,13 +127,18 @@ class DyT(_Elementwise):
     alpha = 1/(sqrt(C) sigma), gamma = sqrt(C). Defaults are the paper's recipe
     (alpha 0.5, weight 1, bias 0); ``llama_alpha_init`` gives its LLaMA width rule.
 
-    Shapes: x (..., C) -> (..., C); alpha (), weight (C,), bias (C,) or None.
+    Shapes: x (..., C) -> (..., C); alpha (), weight (C,), bias (C,) or None. With
+    ``channels_last=False`` the channels are dim 1, as in a convolutional model:
+    x (N, C, ...) -> (N, C, ...).
     """
 
     def __init__(self, normalized_shape, *, alpha_init: float = 0.5, weight_init: float = 1.0,
-                 bias: bool = True, device=None, dtype=None):
+                 bias: bool = True, channels_last: bool = True, device=None, dtype=None):
         super().__init__(normalized_shape, {"alpha": _positive(alpha_init, "alpha_init")},
                          weight_init, bias, device, dtype)
+        if not isinstance(channels_last, bool):
+            raise TypeError(f"channels_last must be a bool, got {type(channels_last).__name__}")
+        self.channels_last = channels_last
 
     @classmethod
     def from_sample(cls, sample: torch.Tensor, **kwargs) -> "DyT":
@@ -142,8 +149,22 @@ class DyT(_Elementwise):
         return cls(c, alpha_init=1 / (math.sqrt(c) * r0), weight_init=math.sqrt(c), **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.channels_last:
+            return self._channels_first(x)
         self._check_input(x)
         return F.dyt(x, self.alpha, self.weight, self.bias)
+
+    def _channels_first(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, C, ...) -> (N, C, ...): the channels moved last and back."""
+        if x.dim() < 2 or x.shape[1] != self.normalized_shape[0]:
+            raise ValueError(f"input must be (N, {self.normalized_shape[0]}, ...) with "
+                             f"channels_last=False, got shape {tuple(x.shape)}")
+        x = x.movedim(1, -1)                                # (N, ..., C)
+        self._check_input(x)
+        return F.dyt(x, self.alpha, self.weight, self.bias).movedim(-1, 1)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.channels_last else ", channels_last=False")
 
 
 def _effective_beta(log_beta: torch.Tensor) -> torch.Tensor:

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from . import norms
-from .layers import DyISRU, DyISRULN, DyT, DyTLN
+from .layers import LAYERS
 
 #: target name -> layer class.
-TARGETS = {"dyt": DyT, "dyisru": DyISRU, "dyt_ln": DyTLN, "dyisru_ln": DyISRULN}
+TARGETS = LAYERS
 
 
 def _norm_parts(m: nn.Module):

@@ -296,3 +296,7 @@ class Derf(_Elementwise):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         return F.derf(x, self.alpha, self.shift, self.weight, self.bias)
+
+
+#: form name (numeric/generated/forms.py) -> its Module: what the converter can make.
+LAYERS = {"dyt": DyT, "dyisru": DyISRU, "dyt_ln": DyTLN, "dyisru_ln": DyISRULN, "derf": Derf}

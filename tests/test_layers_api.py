@@ -276,3 +276,15 @@ def test_ddp_wraps_and_trains(tmp_path):
         assert all(p.grad is not None for p in model.parameters())
     finally:
         dist.destroy_process_group()
+
+
+def test_every_generated_form_has_a_layer_a_function_and_a_converter_target():
+    from numeric._autograd import FUNCTIONS
+    from numeric.convert import TARGETS
+    from numeric.generated.forms import FORMS
+
+    assert set(FUNCTIONS) == set(TARGETS) == set(FORMS)
+    for name, form in FORMS.items():
+        layer = TARGETS[name](4)
+        assert [n for n, _ in layer.named_parameters() if n not in ("weight", "bias")] == [
+            "log_beta" if p == "beta" else p for p in form.scalars]

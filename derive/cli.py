@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -83,7 +84,53 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _pair(text: str, what: str) -> tuple[str, str]:
+    """NAME=VALUE split at the first '=', both sides stripped and non-empty."""
+    name, eq, value = text.partition("=")
+    if not eq or not name.strip() or not value.strip():
+        raise UsageError(f"{what} must be NAME=VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
+def cmd_generate_form(args) -> int:
+    """A standalone torch module for a formula of the user's: one line for any problem."""
+    from . import formgen
+    from .printer import UnsupportedNode
+
+    if args.check or not args.out:
+        raise UsageError("--form takes --out FILE (and not --check)")
+    name, formula = _pair(args.form, "--form")
+    inits = {}
+    for item in args.init or ():
+        sym, value = _pair(item, "--init")
+        try:
+            inits[sym] = float(value)
+        except ValueError:
+            raise UsageError(f"--init {sym}: not a number: {value!r}") from None
+    command = " ".join(["dynorm generate --form", shlex.quote(args.form),
+                        *(f"--init {shlex.quote(i)}" for i in args.init or ())])
+    try:
+        text = formgen.module(name, formula, inits, command)
+    except ValueError as e:  # the formula's text, its names, an --init
+        raise UsageError(f"--form: {e}") from None
+    except UnsupportedNode as e:
+        raise UsageError(f"--form: cannot generate {name}: {e}") from None
+    if args.out == "-":
+        sys.stdout.write(text)
+        return 0
+    try:
+        Path(args.out).write_text(text)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, args.out) from None
+    print(f"wrote {args.out}: {name}(x, weight, bias=None, **scalars) and {formgen.camel(name)}")
+    return 0
+
+
 def cmd_generate(args) -> int:
+    if args.form or args.out or args.init:
+        if not args.form:
+            raise UsageError("--out and --init go with --form NAME=EXPR")
+        return cmd_generate_form(args)
     if not args.check:
         changed = generate.write()
         print(f"{len(changed)} file(s) written" + "".join(f"\n  {p}" for p in changed))
@@ -122,6 +169,11 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(run=cmd_export)
     s = sub.add_parser("generate", help="write the generated sources and notes")
     s.add_argument("--check", action="store_true", help="exit 1 if they are stale")
+    s.add_argument("--form", metavar="NAME=EXPR",
+                   help="instead: a standalone torch module for weight * EXPR(x) + bias")
+    s.add_argument("--out", metavar="FILE", help="--form's output file, or - for stdout")
+    s.add_argument("--init", action="append", metavar="SYM=VALUE",
+                   help="--form: a scalar's initial value in the module (default 1.0)")
     s.set_defaults(run=cmd_generate)
     return p
 

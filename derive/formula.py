@@ -26,7 +26,7 @@ FUNCTIONS: dict[str, Callable] = {
     "sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "atan": sp.atan,
     "sinh": sp.sinh, "cosh": sp.cosh, "tanh": sp.tanh, "asinh": sp.asinh, "atanh": sp.atanh,
     "erf": sp.erf, "erfc": sp.erfc, "abs": sp.Abs, "Abs": sp.Abs, "sign": sp.sign,
-    "Max": sp.Max, "Min": sp.Min, "besselj": sp.besselj,
+    "besselj": sp.besselj,
 }
 
 CONSTANTS: dict[str, sp.Expr] = {"pi": sp.pi, "E": sp.E}

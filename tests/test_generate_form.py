@@ -18,6 +18,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from derive import formgen
 from derive.cli import main
 from derive.formula import FormulaError, parse
+from derive.printer import TorchPrinter
 from derive.symbols import x
 from derive.testing import assert_matches
 
@@ -113,6 +114,15 @@ def test_what_the_printer_cannot_spell_is_one_line(capsys, tmp_path):
                       "--out", str(tmp_path / "b.py"))
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert "cannot generate b: the forward (b_forward): TorchPrinter cannot print besselj" in err
+
+
+def test_abs_is_printed_for_tensors_and_its_second_derivative_is_refused(capsys, tmp_path):
+    """d|x|/dx = sign(x) prints as torch.sign (not Python's scalar copysign); the second
+    derivative, SymPy's DiracDelta, has no torch spelling: one line."""
+    assert TorchPrinter().doprint(sp.sign(x)) == "torch.sign(x)"
+    rc, _, err = _run(capsys, "generate", "--form", "softsign=x/(1 + abs(x))",
+                      "--out", str(tmp_path / "s.py"))
+    assert rc == 2 and "the second derivatives (softsign_hvp)" in err and "DiracDelta" in err
 
 
 # -- one module end to end -------------------------------------------------------------------

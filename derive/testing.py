@@ -422,6 +422,8 @@ def second_order(fn, form, x_t, scalars, w, b, g, v):
     ins = [xl, *sl, wl]
     grads = torch.autograd.grad(y, ins, gl, create_graph=True)
     dot = sum((gr.double() * vv.double()).sum() for gr, vv in zip(grads, v))
+    if not dot.requires_grad:  # first derivatives without a graph: every second one is 0
+        return [torch.zeros_like(t) for t in (*ins, gl)]
     out = torch.autograd.grad(dot, [*ins, gl], allow_unused=True)
     return [torch.zeros_like(t) if o is None else o for o, t in zip(out, [*ins, gl])]
 

@@ -37,6 +37,33 @@ def test_the_cancelling_tanh_backward_is_caught_in_float32():
         assert_matches(dyt, "dyt", dtypes=[F32], examples=20)
 
 
+class _TanhFirstOnly(torch.autograd.Function):
+    """tanh with the right first derivative, 1/cosh(u)^2, computed without a graph in u."""
+
+    @staticmethod
+    def forward(u):
+        return torch.tanh(u)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        (u,) = ctx.saved_tensors
+        return g / torch.cosh(u.detach()) ** 2
+
+
+def dyt_first_only(x, weight, bias, alpha):
+    return weight * _TanhFirstOnly.apply(alpha * x) + bias
+
+
+def test_a_missing_second_derivative_is_caught_at_order_2():
+    assert_matches(dyt_first_only, "dyt", dtypes=[F64], examples=5)
+    with pytest.raises(Mismatch, match=r"dyt \(float64, cpu\) second derivative in x"):
+        assert_matches(dyt_first_only, "dyt", dtypes=[F64], examples=5, order=2)
+
+
 def test_a_formula_as_text_or_sympy():
     """The formula's other symbols are the scalars, passed by name."""
     def shifted(x, weight, bias, alpha, shift):

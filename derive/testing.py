@@ -36,7 +36,7 @@ from .formula import FormulaError, parse
 from .symbols import x
 
 __all__ = ["assert_matches", "assert_close", "Mismatch", "Tol", "TOLERANCES", "DTYPES",
-           "evaluate", "spec", "Spec"]
+           "evaluate", "spec"]
 
 # -- the one table of tolerances, and the one comparison ------------------------------------
 
@@ -135,27 +135,7 @@ def assert_close(got: torch.Tensor, ref: torch.Tensor, *, scale=None, dtype=None
 
 # -- what is tested: a layer y = weight * f + bias -------------------------------------------
 
-@dataclass(frozen=True)
-class Spec:
-    """A layer to test against: its name (for messages), weight * f + bias, its scalars."""
-
-    name: str
-    layer: sp.Expr
-    scalars: tuple[sp.Symbol, ...]
-
-    @property
-    def wrt(self) -> tuple[sp.Symbol, ...]:
-        """What the derivatives are taken in: x, the scalars, weight."""
-        return (x, *self.scalars, codegen.weight)
-
-
-@cache
-def _catalog_spec(name: str) -> Spec:
-    form = codegen.FORMS[name]
-    return Spec(name, form.layer, form.params)
-
-
-def _formula_spec(name: str, f: sp.Expr) -> Spec:
+def _formula_form(name: str, f: sp.Expr) -> codegen.Form:
     f = f.subs({s: x for s in f.free_symbols if s.name == x.name and s != x})
     if x not in f.free_symbols:
         raise FormulaError(f"form {name!r} is neither a layer form of the catalog "
@@ -163,25 +143,26 @@ def _formula_spec(name: str, f: sp.Expr) -> Spec:
     taken = {s.name for s in f.free_symbols} & {codegen.weight.name, codegen.bias.name}
     if taken:
         raise FormulaError(f"the formula may not use {sorted(taken)}: y = weight * f + bias")
-    return Spec(name, codegen.weight * f + codegen.bias,
-                tuple(sorted(f.free_symbols - {x}, key=lambda s: s.name)))
+    return codegen.Form.of(name, f)
 
 
-def spec(form) -> Spec:
-    """The Spec of a layer form's name ("dyt"), a formula of x (text or SymPy), or a Spec."""
-    if isinstance(form, Spec):
+def spec(form) -> codegen.Form:
+    """What is tested against, as the generated code is made from it (``codegen.Form``: the
+    layer weight * f + bias and its scalars): a layer form's name ("dyt"), a formula of x
+    (text or SymPy), or a Form."""
+    if isinstance(form, codegen.Form):
         return form
     if isinstance(form, str):
         if form in codegen.FORMS:
-            return _catalog_spec(form)
+            return codegen.FORMS[form]
         if form in NAMES:
             raise ValueError(f"form {form!r} is a result of the catalog but not an element-wise "
                              f"layer form ({', '.join(codegen.FORMS)})")
-        return _formula_spec(form, parse(form))
+        return _formula_form(form, parse(form))
     if isinstance(form, sp.Expr):
-        return _formula_spec(sp.sstr(form), form)
+        return _formula_form(sp.sstr(form), form)
     raise TypeError(f"form must be a layer form's name, a formula of x (str or SymPy) or a "
-                    f"Spec, got {type(form).__name__}")
+                    f"codegen.Form, got {type(form).__name__}")
 
 
 def layer_expr(form) -> sp.Expr:
@@ -191,11 +172,12 @@ def layer_expr(form) -> sp.Expr:
 
 def params(form) -> tuple[sp.Symbol, ...]:
     """The form's scalar parameters, as symbols, in the order of the functional signature."""
-    return spec(form).scalars
+    return spec(form).params
 
 
 def wrt(form) -> tuple[sp.Symbol, ...]:
-    return spec(form).wrt
+    """What the derivatives are taken in: x, the scalars, weight."""
+    return (x, *params(form), codegen.weight)
 
 
 # -- references: the formulas in mpmath ------------------------------------------------------
@@ -207,9 +189,9 @@ DIGITS = 50
 PRECISIONS = (DIGITS, 120, 450)
 
 
-def _symbols(s: Spec, what: str) -> tuple[sp.Symbol, ...]:
+def _symbols(s: codegen.Form, what: str) -> tuple[sp.Symbol, ...]:
     """The symbols of "d_a" or "d2_a_b" (a, b among x, the scalars, weight)."""
-    names = {v.name: v for v in s.wrt}
+    names = {v.name: v for v in wrt(s)}
     if what.startswith("d2_"):
         rest = what[3:]
         for a in names:
@@ -222,7 +204,7 @@ def _symbols(s: Spec, what: str) -> tuple[sp.Symbol, ...]:
 
 
 @cache
-def _lambda(s: Spec, what: str):
+def _lambda(s: codegen.Form, what: str):
     """The mpmath callable of (x, scalars..., weight, bias) for ``what``: "y", "f", a first
     derivative "d_a" or a second derivative "d2_a_b"."""
     e = s.layer
@@ -235,7 +217,7 @@ def _lambda(s: Spec, what: str):
         # SymPy's exact simplification keeps e.g. beta/(beta + x^2)^(3/2) from being
         # evaluated as the difference of two nearly equal terms.
         e = sp.simplify(sp.diff(e, *_symbols(s, what)))
-    return sp.lambdify((x, *s.scalars, codegen.weight, codegen.bias), e, "mpmath")
+    return sp.lambdify((x, *s.params, codegen.weight, codegen.bias), e, "mpmath")
 
 
 def evaluate(form, what: str, x_t, scalars, w_t, b_t) -> torch.Tensor:
@@ -335,8 +317,8 @@ def _leaves(x_t, scalars, w, b):
             + [None if b is None else b.clone().requires_grad_(True)])
 
 
-def _call(fn, s: Spec, x_t, scalars, w, b):
-    return fn(x_t, w, b, **{p.name: v for p, v in zip(s.scalars, scalars)})
+def _call(fn, s: codegen.Form, x_t, scalars, w, b):
+    return fn(x_t, w, b, **{p.name: v for p, v in zip(s.params, scalars)})
 
 
 def first_order(fn, form, x_t, scalars, w, b, g):
@@ -358,11 +340,11 @@ def first_order(fn, form, x_t, scalars, w, b, g):
     return y, gx, gs, gw, (gb[0] if gb else None)
 
 
-def _inputs(s: Spec, x_t, scalars):
-    return {"x": x_t, **{p.name: v for p, v in zip(s.scalars, scalars)}}
+def _inputs(s: codegen.Form, x_t, scalars):
+    return {"x": x_t, **{p.name: v for p, v in zip(s.params, scalars)}}
 
 
-def _label(s: Spec, x_t, w) -> str:
+def _label(s: codegen.Form, x_t, w) -> str:
     dt = lambda d: str(d).replace("torch.", "")  # noqa: E731
     pd = "" if w.dtype == x_t.dtype else f", parameters {dt(w.dtype)}"
     return f"{s.name} ({dt(x_t.dtype)}{pd}, {x_t.device.type})"
@@ -382,7 +364,7 @@ def check_first(fn, form, x_t, scalars, w, b, g):
     g64 = g.double()
     dx = g64 * ev("d_x")
     assert_close(gx, dx, scale=dx.abs(), dtype=x_t.dtype, inputs=inputs, what=f"{label} grad x")
-    for p, v, got in zip(s.scalars, scalars, gs):
+    for p, v, got in zip(s.params, scalars, gs):
         terms = g64 * ev(f"d_{p.name}")
         assert_close(got, terms.sum(), scale=terms.abs().sum(), dtype=v.dtype, inputs=inputs,
                      what=f"{label} grad {p.name}")
@@ -433,7 +415,7 @@ def check_second(fn, form, x_t, scalars, w, b, g, v):
     h_a = sum over elements of g * sum_b v_b d2y/(da db); and in g, sum_b v_b dy/db."""
     s = spec(form)
     *got, got_g = second_order(fn, s, x_t, scalars, w, b, g, v)
-    names = [a.name for a in s.wrt]
+    names = [a.name for a in wrt(s)]
     ev = lambda what: evaluate(s, what, x_t, scalars, w, b).to(x_t.device)  # noqa: E731
     g64, C = g.double(), x_t.shape[-1]
     v64 = [t.double() for t in v]
@@ -507,10 +489,10 @@ def assert_matches(fn, form, *, dtypes=DTYPES, device="cpu", examples: int = 200
     s = spec(form)
     pairs = _pairs(dtypes)
     device = torch.device(device)
-    unknown = set(ranges or {}) - {p.name for p in s.scalars}
+    unknown = set(ranges or {}) - {p.name for p in s.params}
     if unknown:
         raise ValueError(f"ranges: {sorted(unknown)} are not scalars of {s.name} "
-                         f"({', '.join(p.name for p in s.scalars) or 'none'})")
+                         f"({', '.join(p.name for p in s.params) or 'none'})")
     check = {0: check_values, 1: check_first}.get(order)
     for dtype, pdtype in pairs:
         strategy = cases(s, dtype, pdtype, device, ranges=ranges, bias_none=bias_none)

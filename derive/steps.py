@@ -29,10 +29,49 @@ def _rewrite_exp(e: sp.Expr) -> sp.Expr:
     return sp.simplify(e.rewrite(sp.exp))
 
 
+def _free_radicals(e: sp.Expr) -> sp.Expr:
+    """Each base of a non-integer power -> a free positive symbol, then cancel.
+
+    If the result is 0 for every value of those symbols, it is 0 at the bases' values:
+    a stronger claim, rational where the original has radicals, proven by cancel at once.
+    """
+    bases = sorted({q.base for q in e.atoms(sp.Pow) if not q.exp.is_integer
+                    and not q.base.is_Atom}, key=sp.default_sort_key)
+    if not bases:
+        return e
+    free = {b: sp.Dummy("r", positive=True) for b in bases}
+    return sp.cancel(e.replace(lambda q: q.is_Pow and q.base in free,
+                               lambda q: free[q.base] ** q.exp))
+
+
+def abs_products(e: sp.Expr) -> sp.Expr:
+    """t sign(t) -> |t| in each term (the derivative of |t|^p brings sign(t))."""
+    def term(t):
+        factors = sp.Mul.make_args(t)
+        for f in factors:
+            if isinstance(f, sp.sign) and f.args[0] in factors:
+                return t / (f * f.args[0]) * sp.Abs(f.args[0])
+        return t
+    return sp.Add(*(term(t) for t in sp.Add.make_args(sp.expand(e))))
+
+
+def _signs(e: sp.Expr) -> sp.Expr:
+    return sp.cancel(abs_products(e)) if e.has(sp.sign) else e
+
+
+def _powers(e: sp.Expr) -> sp.Expr:
+    """(a b)^q -> a^q b^q and (a^r)^q -> a^(r q) where the assumptions allow, then
+    a a^(q-1) -> a^q: symbolic exponents (a p-norm's) that cancel cannot see."""
+    return sp.cancel(sp.powsimp(sp.expand(sp.powdenest(sp.expand_power_base(e)))))
+
+
 #: Tried in order, cheapest first; the first that yields 0 proves the claim.
 _REDUCERS: tuple[Callable[[sp.Expr], sp.Expr], ...] = (
     lambda e: e,
+    _free_radicals,
     sp.expand,
+    _signs,
+    _powers,
     sp.cancel,
     sp.simplify,
     _rewrite_exp,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sympy as sp
 
+from . import parser as _parser
+
 #: name -> assumptions, exactly as the symbols are created (and exported).
 ASSUMPTIONS: dict[str, dict[str, bool]] = {
     "x": {"real": True},          # channel i's input
@@ -24,6 +26,9 @@ ASSUMPTIONS: dict[str, dict[str, bool]] = {
     "s": {"positive": True},      # LayerNorm's standard deviation, eps included
     "m": {"real": True},          # mean of the channels other than i
     "Q": {"nonnegative": True},   # sum over j != i of (x_j - m)^2
+    "R": {"nonnegative": True},   # sum over j != i of h(x_j), h >= 0 (a p-norm: |x_j|^p)
+    "p": {"positive": True},      # the p-norm's exponent
+    "g": {"positive": True},      # ScaleNorm's gain
 }
 
 _TABLE = {name: sp.Symbol(name, **a) for name, a in ASSUMPTIONS.items()}
@@ -34,23 +39,24 @@ def symbol(name: str) -> sp.Symbol:
     return _TABLE[name]
 
 
-def parse(text: str) -> sp.Expr:
-    """Parse an exported expression string back with the canonical symbols."""
-    return sp.sympify(text, locals=dict(_TABLE))
+def parse(text: str) -> sp.Basic:
+    """Parse text (an exported expression, a user's norm) over the canonical symbols.
+
+    Never evaluates Python: see :mod:`derive.parser` for the whitelist. ParseError (a
+    ValueError) names an unknown name or construct.
+    """
+    return _parser.parse(text, _TABLE)
 
 
-x, x_k, y, y_k, C, epsilon, sigma, S, beta, alpha, gamma, mu, s, m, Q = (
+x, x_k, y, y_k, C, epsilon, sigma, S, beta, alpha, gamma, mu, s, m, Q, R, p, g = (
     _TABLE[n] for n in ASSUMPTIONS
 )
 
-# Helpers of the general-C Jacobian derivations: the channels other than i and k.
-R = sp.Symbol("R", nonnegative=True)  # RMSNorm: sum of their squares
-T = sp.Symbol("T", real=True)         # LayerNorm: their sum
-U = sp.Symbol("U", nonnegative=True)  # LayerNorm: sum of their squares
 # C >= 2 (LayerNorm's forms need C - 1 > 0): C = n + 1 with n a positive integer.
 n = sp.Symbol("n", integer=True, positive=True)
 C_AT_LEAST_2 = {C: n + 1}
-# Integration variables of the ODE steps.
-u = sp.Symbol("u", real=True)
-v = sp.Symbol("v", real=True)
+# Variables of the ODE steps.
+u = sp.Symbol("u", positive=True)     # a scaled variable on the positive branch: y / bound
+v = sp.Symbol("v", positive=True)     # the integration variable, on the branch 0 < v < y
+w = sp.Symbol("w", positive=True)     # |x - x0|, to look at one side of x0
 K = sp.Symbol("K", positive=True)     # the integration constant of the DyISRU family

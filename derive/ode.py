@@ -44,6 +44,8 @@ class Separated:
     G: sp.Expr
     bound: sp.Expr | None
     even: bool
+    k: sp.Expr = sp.S.One        # G(y) = k H(y / bound) where H is known
+    H: sp.Expr | None = None     # in u, numeric coefficients, H(0) = 0
 
     @property
     def on_branch(self) -> sp.Expr:
@@ -88,10 +90,13 @@ def antiderivative(F: sp.Expr) -> Separated:
     a = _bound(F.subs(y, v)) if even else None
     if a is not None:
         k, r = sp.factor(a / F.subs(y, a * u)).as_independent(u, as_Add=False)
+        if k.could_extract_minus_sign():
+            k, r = -k, -r
         if r.free_symbols == {u} and r.is_rational_function(u):
             H = _atanh(_real_logs(sp.integrate(r, u)))
-            G = sp.factor_terms(sp.expand(k * (H.subs(u, y / a) - H.subs(u, 0))))
-            return Separated(F, G, a, even)
+            H = H - H.subs(u, 0)
+            G = sp.factor_terms(sp.expand(k * H.subs(u, y / a)))
+            return Separated(F, G, a, even, k, H)
     return Separated(F, sp.Integral(1 / F.subs(y, v), (v, 0, y)), a, even)
 
 
@@ -112,14 +117,22 @@ def separate(F: sp.Expr, x0: sp.Expr, name: str = "separate_variables") -> tuple
 
 
 def _branch_solution(sep: Separated, x0: sp.Expr):
-    """y(x) for x >= x0 from G(y) = x - x0, or None where it does not solve."""
-    yp = sp.Symbol("y", positive=True)
+    """y(x) for x >= x0 from G(y) = x - x0, or None where it does not solve.
+
+    G = k H(y / bound): solve H(u) = t for u (numeric coefficients only), then
+    y = bound u((x - x0) / k).
+    """
+    if sep.H is None:
+        return None
+    t = sp.Symbol("t", positive=True)
     try:
-        sols = sp.solve(sp.Eq(sep.G.subs(y, yp), x - x0), yp)
+        sols = sp.solve(sp.Eq(sep.H, t), u, check=False)  # checked by substitution below
     except NotImplementedError:
         return None
-    sols = [sp.factor_terms(s) for s in sols if sp.simplify(s.subs(x, x0)) == 0]
-    return sols[0] if len(sols) == 1 else None
+    sols = [q for q in sols if q.subs(t, 0) == 0]
+    if len(sols) != 1:
+        return None
+    return sp.factor_terms(sep.bound * sols[0].subs(t, (x - x0) / sep.k))
 
 
 def _odd_extension(f: sp.Expr, x0: sp.Expr) -> sp.Expr:
@@ -146,7 +159,7 @@ def _name(x0) -> str:
 def solve(sep: Separated, x0: sp.Expr) -> tuple[Step, sp.Expr | None]:
     """The closed form y(x) with y(x0) = 0 (checked by substitution), or the implicit
     relation G(y) = x - x0 (checked by differentiation) and None."""
-    f = _branch_solution(sep, x0) if not isinstance(sep.G, sp.Integral) else None
+    f = _branch_solution(sep, x0)
     if f is not None:
         sol = _odd_extension(f, x0) if sep.even else f
         return check(Step(

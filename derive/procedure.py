@@ -26,7 +26,7 @@ from .symbols import C, C_AT_LEAST_2, alpha, beta, epsilon, gamma, mu, n, parse,
 
 __all__ = ["Counterparts", "ProcedureError", "counterparts"]
 
-SIZES = (2, 3, 4, 5)    # the concrete C checked against Matrix.jacobian and the explicit norm
+SIZES = (2, 3, 4)    # the concrete C checked against Matrix.jacobian and the explicit norm
 _z = sp.Symbol("z", real=True)      # x - shift, to present the per-channel form
 
 
@@ -73,6 +73,14 @@ class Counterparts:
     def __init__(self, norm: sp.Expr):
         self.norm = Norm(norm)
         self.input = norm
+        self._vectors: dict[int, tuple] = {}
+
+    def _vector(self, k: int) -> tuple[list, sp.Matrix]:
+        """(x0..x{k-1}, the norm of that explicit vector), made once per k."""
+        if k not in self._vectors:
+            xs = _channels(k)
+            self._vectors[k] = xs, self.norm.explicit(xs)
+        return self._vectors[k]
 
     # -- names: what the frozen statistics are called -----------------------------------
 
@@ -121,8 +129,11 @@ class Counterparts:
     @cached_property
     def _root(self) -> sp.Expr:
         """x0 with N(x0) = 0 in the per-channel form (the shift there): m for LayerNorm."""
-        raw = self.norm.body.xreplace(self.norm.values(self.norm.per_channel_split))
-        roots = sp.solve(raw, x)
+        shift = self.norm.affine[1]
+        if shift == 0:
+            return shift
+        raw = shift.xreplace(self.norm.values(self.norm.per_channel_split))
+        roots = sp.solve(x - raw, x)     # N = 0 where x is the shift
         return roots[0] if len(roots) == 1 else sp.S.Zero
 
     def _canon(self, e: sp.Expr) -> sp.Expr:
@@ -153,10 +164,10 @@ class Counterparts:
         ))
 
     def _per_channel_explicit(self, form, k: int):
-        xs = _channels(k)
+        xs, vec = self._vector(k)
         at = {**self.norm.constants_of(xs[1:]), x: xs[0], C: k}
         return equal(f"C = {k}: it is channel 0 of the norm of an explicit vector",
-                     form.subs(at), self.norm.explicit(xs)[0])
+                     form.xreplace(at), vec[0])
 
     # -- 2. the Jacobian, general C ------------------------------------------------------------
 
@@ -171,15 +182,15 @@ class Counterparts:
                            for g, t in self.norm.pair_constants.items())
         pair = self.norm.values(self.norm.pair_split(x_k))
         k = SIZES[0] + 1
-        xs = _channels(k)
+        xs, vec = self._vector(k)
         at = {t: sum(g.subs(x, xj) for xj in xs[2:]) for g, t in self.norm.pair_constants.items()}
         return check(Step(
             "split_channels", self.pair_form,
             f"Write channel i with channels i and k explicit and {consts} over the other "
             "C - 2 channels, so that d/dx_i and d/dx_k are ordinary derivatives.",
             (equal(f"C = {k}: it is channel 0 of the norm of an explicit vector",
-                   self.pair_form.subs({**at, x: xs[0], x_k: xs[1], C: k}),
-                   self.norm.explicit(xs)[0]),) if pair else (),
+                   self.pair_form.xreplace({**at, x: xs[0], x_k: xs[1], C: k}), vec[0]),)
+            if pair else (),
         ))
 
     def _chain_rule(self, wrt: sp.Symbol) -> sp.Expr:
@@ -191,7 +202,7 @@ class Counterparts:
         body = self.norm.body
         total = sp.diff(body, wrt) + sum(sp.diff(body, t) * d[t] for t in d)
         consts = list(self.norm.pair_constants.values())
-        sol = sp.solve([t - local[t] for t in self.norm.symbols], consts, dict=True)
+        sol = sp.solve([t - local[t] for t in self.norm.symbols], consts, dict=True, check=False)
         if len(sol) != 1 or set(sol[0]) != set(consts):
             raise ProcedureError(
                 f"the statistics {', '.join(str(st.call()) for st in self.norm.stats)} do not "
@@ -243,13 +254,12 @@ class Counterparts:
         return entry.subs({y: self.pair_form, y_k: swapped}).subs(at)
 
     def _jacobian_explicit(self, entry, diagonal: bool, k: int):
-        xs = _channels(k)
-        vec = self.norm.explicit(xs)
+        xs, vec = self._vector(k)
         jac = vec.jacobian(xs)
         stats = self.norm.values(Split(tuple(xs), 0, {g: 0 for g in self.norm.basis}))
         at = {**self._frozen_values({t: e.subs(C, k) for t, e in stats.items()}), C: k}
         idx = [(i, j) for i in range(k) for j in range(k) if (i == j) == diagonal]
-        got = sp.Matrix([entry.subs({y: vec[i], y_k: vec[j]}).subs(at) for i, j in idx])
+        got = sp.Matrix([entry.xreplace({y: vec[i], y_k: vec[j], **at}) for i, j in idx])
         want = sp.Matrix([jac[i, j] for i, j in idx])
         bases = _free_bases(xs, got, want)
         return equal(

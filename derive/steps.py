@@ -70,9 +70,9 @@ _REDUCERS: tuple[Callable[[sp.Expr], sp.Expr], ...] = (
     lambda e: e,
     _free_radicals,
     sp.expand,
+    sp.cancel,
     _signs,
     _powers,
-    sp.cancel,
     sp.simplify,
     _rewrite_exp,
 )
@@ -114,7 +114,10 @@ def random_points(symbols, n: int = POINTS, seed: int = _SEED) -> list[dict]:
 
 
 def evaluate(e: sp.Expr, point: dict):
-    return sp.N(sp.sympify(e).subs(point).doit(), DIGITS)
+    """e at the point, to DIGITS digits (rationals enter as floats of more digits: an
+    exact rational power would factor its integers)."""
+    floats = {k: q if q.is_Integer else sp.N(q, DIGITS + 10) for k, q in point.items()}
+    return sp.N(sp.sympify(e).xreplace(floats).doit(), DIGITS)
 
 
 def close(a, b, rel: float = 1e-30) -> bool:

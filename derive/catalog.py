@@ -39,25 +39,31 @@ class Result:
 
 @dataclass(frozen=True)
 class Route:
-    """One result of the procedure: its expression, parameters and steps."""
+    """One result of the procedure: what it is, its expression, parameters and steps."""
 
+    title: str
     expr: Callable[[Counterparts], sp.Expr]
     params: Callable[[Counterparts], dict]
     steps: Callable[[Counterparts], tuple[Step, ...]]
 
 
-#: route name -> how a Counterparts gives it.
+#: route name -> how a Counterparts gives it (the order of `dynorm derive`'s output).
 ROUTES: dict[str, Route] = {
-    "per_channel": Route(lambda c: c.per_channel_form, lambda c: {},
+    "per_channel": Route("the norm's channel i, the other channels folded into constants",
+                         lambda c: c.per_channel_form, lambda c: {},
                          lambda c: (c.per_channel,)),
-    "jacobian_diag": Route(lambda c: c.jacobian_diag, lambda c: {},
+    "jacobian_diag": Route("Jacobian, diagonal entry (general C)",
+                           lambda c: c.jacobian_diag, lambda c: {},
                            lambda c: (c.split, c.jacobian_diag_step)),
-    "jacobian_offdiag": Route(lambda c: c.jacobian_offdiag, lambda c: {},
+    "jacobian_offdiag": Route("Jacobian, off-diagonal entry (general C)",
+                              lambda c: c.jacobian_offdiag, lambda c: {},
                               lambda c: (c.split, c.jacobian_offdiag_step)),
-    "derivative_space": Route(lambda c: c.derivative_space_form,
+    "derivative_space": Route("derivative space: the diagonal kept, the statistics frozen",
+                              lambda c: c.derivative_space_form,
                               lambda c: c.derivative_space_params,
                               lambda c: c.derivative_space_steps),
-    "function_space": Route(lambda c: c.function_space, lambda c: c.function_space_params,
+    "function_space": Route("function space: the constants promoted, exact",
+                            lambda c: c.function_space, lambda c: c.function_space_params,
                             lambda c: c.function_space_steps),
 }
 
@@ -67,6 +73,11 @@ def route_result(name: str, title: str, cp: Counterparts, route: str,
     """The Result of one route of the procedure, with result-specific steps after it."""
     r = ROUTES[route]
     return Result(name, title, r.expr(cp), r.params(cp), tuple(r.steps(cp)) + tuple(extra))
+
+
+def counterpart_results(cp: Counterparts) -> dict[str, Result]:
+    """Every route of the procedure on one norm, named after the route (a user's norm)."""
+    return {route: route_result(route, r.title, cp, route) for route, r in ROUTES.items()}
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,10 @@ def antiderivative(F: sp.Expr) -> Separated:
             H = H - H.subs(u, 0)
             G = sp.factor_terms(sp.expand(k * H.subs(u, y / a)))
             return Separated(F, G, a, even, k, H)
+    elif a is None and (1 / F.subs(y, u)).is_rational_function(u):   # F never 0 for y > 0
+        H = sp.integrate(1 / F.subs(y, u), u)
+        H = H - H.subs(u, 0)
+        return Separated(F, H.subs(u, y), None, even, sp.S.One, H)
     return Separated(F, sp.Integral(1 / F.subs(y, v), (v, 0, y)), a, even)
 
 
@@ -109,7 +113,7 @@ def separate(F: sp.Expr, x0: sp.Expr, name: str = "separate_variables") -> tuple
     return check(Step(
         name, sp.Eq(sp.Integral(1 / F, y), sp.Integral(1, x)),
         f"Separate variables and integrate from y = 0 {where}: int_0^y dv / F(v) = "
-        f"{sp.sstr(sep.G)} = x - {x0}.",
+        f"{sp.sstr(sep.G)} = {sp.sstr(x - x0)}.",
         (equal("the antiderivative's derivative is 1/F(y)",
                sp.diff(G, yy), 1 / F.subs(y, yy)),
          equal("it vanishes at y = 0", sep.G.subs(y, 0), 0)),
@@ -132,7 +136,8 @@ def _branch_solution(sep: Separated, x0: sp.Expr):
     sols = [q for q in sols if q.subs(t, 0) == 0]
     if len(sols) != 1:
         return None
-    return sp.factor_terms(sep.bound * sols[0].subs(t, (x - x0) / sep.k))
+    scale = sp.S.One if sep.bound is None else sep.bound
+    return sp.factor_terms(scale * sols[0].subs(t, (x - x0) / sep.k))
 
 
 def _odd_extension(f: sp.Expr, x0: sp.Expr) -> sp.Expr:
@@ -164,8 +169,8 @@ def solve(sep: Separated, x0: sp.Expr) -> tuple[Step, sp.Expr | None]:
         sol = _odd_extension(f, x0) if sep.even else f
         return check(Step(
             _name(x0), sp.Eq(Y(x), sol),
-            f"Solve G(y) = x - {x0} for y on the branch through y({x0}) = 0"
-            + (", extended to x < x0 by oddness." if sep.even else "."),
+            f"Solve G(y) = {sp.sstr(x - x0)} for y on the branch through y({x0}) = 0"
+            + (f", extended to x < {x0} by oddness." if sep.even else "."),
             (*_satisfies(sep, sol, x0),
              equal(f"it satisfies y({x0}) = 0", sol.subs(x, x0), 0)),
         )), sol
@@ -174,9 +179,10 @@ def solve(sep: Separated, x0: sp.Expr) -> tuple[Step, sp.Expr | None]:
     yy = v if sep.even else y
     return check(Step(
         "implicit_relation", relation,
-        f"G(y) = x - {x0} does not solve for y in closed form: the solution is this "
-        "implicit relation.",
-        (equal("differentiating G(y(x)) = x - x0 in x gives the ODE: G'(y) F(y) = 1",
+        f"G(y) = {sp.sstr(x - x0)} does not solve for y in closed form: the solution is "
+        "this implicit relation.",
+        (equal(f"differentiating G(y(x)) = {sp.sstr(x - x0)} in x gives the ODE: "
+               "G'(y) F(y) = 1",
                sp.diff(G, yy) * sep.F.subs(y, yy), 1),
          equal(f"it holds at (x, y) = ({x0}, 0)", sep.G.subs(y, 0), 0)),
     )), None

@@ -51,6 +51,13 @@ _BINARY: dict[type, Callable] = {
 _UNARY: dict[type, Callable] = {ast.USub: lambda a: -a, ast.UAdd: lambda a: a}
 
 
+#: How the error names a construct outside the whitelist (else by its ast class).
+_CONSTRUCTS = {ast.BoolOp: "and/or", ast.Compare: "a comparison", ast.Attribute: "attribute "
+               "access", ast.Subscript: "indexing", ast.Lambda: "lambda", ast.IfExp: "if/else",
+               ast.NamedExpr: "assignment", ast.JoinedStr: "an f-string", ast.List: "a list",
+               ast.Tuple: "a tuple", ast.Dict: "a dict", ast.Set: "a set"}
+
+
 def _power(base, exp):
     if base.is_Number and exp.is_Number and abs(exp) > MAX_EXPONENT:
         raise ParseError(f"exponent {exp} of the number {base} is too large")
@@ -67,7 +74,8 @@ class _Builder:
     def build(self, node) -> sp.Basic:
         method = getattr(self, f"_{type(node).__name__}", None)
         if method is None:
-            raise ParseError(f"{type(node).__name__.lower()} not allowed: {self._where(node)!r}")
+            what = _CONSTRUCTS.get(type(node), type(node).__name__)
+            raise ParseError(f"{what} not allowed: {self._where(node)!r}")
         return method(node)
 
     def _Expression(self, node):

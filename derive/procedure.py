@@ -35,12 +35,13 @@ def _channels(k: int) -> list[sp.Symbol]:
 
 
 def _free_bases(xs, *exprs) -> dict:
-    """Bases of roots and denominators over two channels or more -> positive symbols.
+    """Bases of roots and denominators over two channels or more -> c * r, r positive.
 
     An identity that holds with each such base (a statistic's function: the scale)
     replaced by a free positive r holds for every r, so also at the base's value: a
     stronger claim, rational in the channels, that SymPy cancels at once instead of
-    simplifying square roots, and where a positive scale is positive.
+    simplifying roots, and where a positive scale is positive. Bases equal up to a
+    constant factor (B and 2 B) share their r.
     """
     bases = set()
     for e in exprs:
@@ -48,12 +49,23 @@ def _free_bases(xs, *exprs) -> dict:
             if (not pw.exp.is_integer or pw.exp.is_negative) \
                     and len(pw.base.free_symbols & set(xs)) >= 2:
                 bases.add(pw.base)
-    return {b: sp.Symbol(f"r{k}", positive=True) for k, b in enumerate(sorted(bases, key=str))}
+    split = {b: sp.factor(b).as_coeff_Mul() for b in bases}
+    cores = sorted({core for _, core in split.values()}, key=sp.default_sort_key)
+    free = {core: sp.Symbol(f"r{k}", positive=True) for k, core in enumerate(cores)}
+    return {b: c * free[core] for b, (c, core) in split.items()}
 
 
 def _with_free_bases(e, bases: dict):
     return e.replace(lambda q: q.is_Pow and q.base in bases,
                      lambda q: sp.Pow(bases[q.base], q.exp))
+
+
+def _names(symbols) -> list[str]:
+    return sorted(map(str, symbols))
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def _at_least_2(e: sp.Expr, simplify=sp.simplify) -> sp.Expr:
@@ -158,8 +170,8 @@ class Counterparts:
         notes = "; ".join(self.norm.per_channel_names[2])
         return check(Step(
             "per_channel", form,
-            f"Write channel i with the other channels folded into constants ({notes}): each "
-            "statistic is (its channel's term + the others' sum) / C.",
+            f"Write channel i with the other channels folded into constants ({notes}): a "
+            "statistic is (its channel's term + the others' sum), divided by C for a mean.",
             tuple(self._per_channel_explicit(form, k) for k in SIZES),
         ))
 
@@ -232,12 +244,13 @@ class Counterparts:
         if entry.has(x) or entry.has(x_k):
             raise ProcedureError(f"the Jacobian entry {entry} is not a function of y and the "
                                  "statistics")
-        names = ", ".join(map(str, sorted(self._frozen_names, key=str)))
+        names = ["y"] + ([] if diagonal else ["y_k"]) + _names(self._frozen_names)
+        consts = ", ".join(map(str, self.norm.pair_constants.values()))
         return check(Step(
             "jacobian_diag" if diagonal else "jacobian_offdiag", entry,
             f"Differentiate y_i by x_{'i' if diagonal else 'k'} through the statistics (chain "
-            f"rule) and rewrite in y{'' if diagonal else ', y_k'} and {names}.",
-            (equal("written back in x, x_k and T it is the derivative of the split form",
+            f"rule) and rewrite in {_and(names)}.",
+            (equal(f"written back in x, x_k, {consts} it is the derivative of the split form",
                    self._back(entry), sp.diff(self.pair_form, wrt)),
              *(self._jacobian_explicit(entry, diagonal, k) for k in SIZES)),
         ))
@@ -306,11 +319,13 @@ class Counterparts:
     @cached_property
     def freeze(self) -> Step:
         F = self.jacobian_diag
-        names = sorted(self._frozen_names, key=str)
+        names = _names(self._frozen_names)
+        one = len(names) == 1
         return check(Step(
-            "freeze_" + "_".join(map(str, names)), ode.ode(F),
-            f"The approximation: {', '.join(map(str, names))} depend{'s' if len(names) == 1 else ''}"
-            " on x_i, but are frozen to constants; the ODE becomes autonomous.",
+            "freeze_" + "_".join(names), ode.ode(F),
+            f"The approximation: {_and(names)} depend{'s' if one else ''} on x_i, but "
+            f"{'is' if one else 'are'} frozen to {'a constant' if one else 'constants'}; the "
+            "ODE becomes autonomous.",
             (equal("the frozen right-hand side does not depend on x", sp.diff(F, x), 0),
              equal("it is the decoupled one at the frozen values",
                    F.subs(self._per_channel_frozen), ode.rhs_of(self.decouple.expr))),

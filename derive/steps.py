@@ -29,30 +29,54 @@ def _rewrite_exp(e: sp.Expr) -> sp.Expr:
     return sp.simplify(e.rewrite(sp.exp))
 
 
+def _radicands(e: sp.Expr) -> set:
+    return {q.base for q in e.atoms(sp.Pow) if not q.exp.is_integer and not q.base.is_Atom}
+
+
 def _free_radicals(e: sp.Expr) -> sp.Expr:
-    """Each base of a non-integer power -> a free positive symbol, then cancel.
+    """Each radicand (base of a non-integer power) -> a free positive symbol in every power
+    of it, then cancel.
 
     If the result is 0 for every value of those symbols, it is 0 at the bases' values:
     a stronger claim, rational where the original has radicals, proven by cancel at once.
     """
-    bases = sorted({q.base for q in e.atoms(sp.Pow) if not q.exp.is_integer
-                    and not q.base.is_Atom}, key=sp.default_sort_key)
+    bases = _radicands(e)
     if not bases:
         return e
-    free = {b: sp.Dummy("r", positive=True) for b in bases}
+    free = {b: sp.Dummy("r", positive=True) for b in sorted(bases, key=sp.default_sort_key)}
     return sp.cancel(e.replace(lambda q: q.is_Pow and q.base in free,
                                lambda q: free[q.base] ** q.exp))
 
 
+def _factored_radicals(e: sp.Expr) -> sp.Expr:
+    """Factor each radicand first, in every power of it (sqrt((n+1)^2 P) = (n+1) sqrt(P)
+    for n + 1 > 0), so that equal radicands written differently become one; then free
+    them as above."""
+    bases = _radicands(e)
+    return _free_radicals(e.replace(lambda q: q.is_Pow and q.base in bases,
+                                    lambda q: sp.factor(q.base) ** q.exp))
+
+
+def _abs_term(term: sp.Expr) -> sp.Expr:
+    """In one product: t^k sign(t) -> t^(k-1) |t|, then t^(2j) |t|^q -> |t|^(2j+q)."""
+    for f in sp.Mul.make_args(term):
+        if isinstance(f, sp.sign):
+            t = f.args[0]
+            k = sp.S(term.as_powers_dict().get(t, 0))
+            if k.is_Integer and k >= 1:
+                term = term / (f * t) * sp.Abs(t)
+    powers = term.as_powers_dict()
+    for a in [f for f in powers if isinstance(f, sp.Abs)]:
+        k = sp.S(powers.get(a.args[0], 0))
+        if k.is_Integer and k % 2 == 0 and k > 0:
+            term = term / a.args[0] ** k * a ** k
+    return term
+
+
 def abs_products(e: sp.Expr) -> sp.Expr:
-    """t sign(t) -> |t| in each term (the derivative of |t|^p brings sign(t))."""
-    def term(t):
-        factors = sp.Mul.make_args(t)
-        for f in factors:
-            if isinstance(f, sp.sign) and f.args[0] in factors:
-                return t / (f * f.args[0]) * sp.Abs(f.args[0])
-        return t
-    return sp.Add(*(term(t) for t in sp.Add.make_args(sp.expand(e))))
+    """t sign(t) -> |t| and t^2 |t| -> |t|^3 in each term, t real (the derivative of
+    |t|^p brings sign(t))."""
+    return sp.Add(*(_abs_term(t) for t in sp.Add.make_args(sp.expand(e))))
 
 
 def _signs(e: sp.Expr) -> sp.Expr:
@@ -69,6 +93,7 @@ def _powers(e: sp.Expr) -> sp.Expr:
 _REDUCERS: tuple[Callable[[sp.Expr], sp.Expr], ...] = (
     lambda e: e,
     _free_radicals,
+    _factored_radicals,
     sp.expand,
     sp.cancel,
     _signs,

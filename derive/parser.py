@@ -3,7 +3,7 @@
 ``sympify`` and ``parse_expr`` evaluate the text as Python, so a string such as
 ``"__import__('os').system(...)"`` runs. Here the text is only parsed by :mod:`ast`, and a
 SymPy expression is built from the allowed nodes alone: numbers, the given symbols and
-constants, ``+ - * / **`` (``^`` is read as ``**``), unary minus, and calls of the functions
+constants, ``+ - * / **`` (``^`` is read as ``**``, as SymPy does), unary minus, and calls of the functions
 in :data:`FUNCTIONS` with positional arguments. Anything else is a :class:`ParseError`
 naming what it met. A float literal becomes the exact rational it is written as (``0.5``
 is 1/2), as the derivation works in exact arithmetic.
@@ -45,7 +45,6 @@ _BINARY: dict[type, Callable] = {
     ast.Mult: lambda a, b: a * b,
     ast.Div: lambda a, b: a / b,
     ast.Pow: lambda a, b: _power(a, b),
-    ast.BitXor: lambda a, b: _power(a, b),
 }
 
 _UNARY: dict[type, Callable] = {ast.USub: lambda a: -a, ast.UAdd: lambda a: a}
@@ -135,13 +134,14 @@ def parse(text: str, symbols: Mapping[str, sp.Symbol]) -> sp.Basic:
         raise TypeError(f"text must be a str, not {type(text).__name__}")
     if len(text) > MAX_LENGTH:
         raise ParseError(f"text too long ({len(text)} characters, at most {MAX_LENGTH})")
+    text = text.strip().replace("^", "**")   # x^2 is a power, with the power's precedence
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        tree = ast.parse(text, mode="eval")
     except SyntaxError as e:
-        raise ParseError(f"not an expression: {e.msg} in {text.strip()!r}") from None
+        raise ParseError(f"not an expression: {e.msg} in {text!r}") from None
     try:
-        return _Builder(text.strip(), symbols).build(tree)
+        return _Builder(text, symbols).build(tree)
     except RecursionError:
         raise ParseError("expression nested too deeply") from None
     except (TypeError, AttributeError) as e:  # e.g. a function called with wrong arity
-        raise ParseError(f"cannot build {text.strip()!r}: {e}") from None
+        raise ParseError(f"cannot build {text!r}: {e}") from None

@@ -22,7 +22,8 @@ import sympy as sp
 from . import ode
 from .statistics import Norm, ProcedureError, Split
 from .steps import Step, abs_products as _abs_products, check, equal
-from .symbols import C, C_AT_LEAST_2, alpha, beta, epsilon, gamma, mu, n, parse, s, sigma, x, x_k, y, y_k
+from .symbols import (ASSUMPTIONS, C, C_AT_LEAST_2, alpha, beta, epsilon, gamma, mu, n, parse,
+                      s, sigma, symbol, x, x_k, y, y_k)
 
 __all__ = ["Counterparts", "ProcedureError", "counterparts"]
 
@@ -492,27 +493,24 @@ class Counterparts:
 
     def exact_params(self, values, i: int, **constants) -> dict:
         """Parameter values for which ``function_space`` equals channel i of the norm of the
-        concrete vector ``values`` (every symbol of the form but x; ``constants`` gives
-        the norm's other symbols, e.g. epsilon=1e-5)."""
+        concrete vector ``values``: every symbol of the form but x (C, beta, m, ...).
+        ``constants`` gives the norm's own symbols by name, e.g. ``epsilon=1e-5``."""
         vals = [sp.sympify(v, strict=True) for v in values]
         if not 0 <= i < len(vals):
             raise ValueError(f"i must index values (0 <= i < {len(vals)}), got {i}")
-        given = {sp.Symbol(k, **_assumptions(k)): sp.sympify(v, strict=True)
-                 for k, v in constants.items()}
-        consts = self.norm.constants_of(vals[:i] + vals[i + 1:], **given)
-        at = {**given, **consts, C: len(vals)}
-        out = {p: e.subs(at) for p, e in self.function_space_params.items()}
-        form_syms = self.function_space.free_symbols - {x} - set(out)
-        out.update({q: at[q] for q in form_syms if q in at})
-        missing = form_syms - set(out)
+        given = {symbol(k) if k in ASSUMPTIONS else sp.Symbol(k, real=True):
+                 sp.sympify(v, strict=True) for k, v in constants.items()}
+        consts = self.norm.constants_of(vals[:i] + vals[i + 1:], given)
+        at = {**given, **consts, C: sp.Integer(len(vals))}
+        out = {q: sp.sympify(e).subs(at) for q, e in self.function_space_params.items()}
+        out.update({q: at[q] for q in self.function_space.free_symbols - {x} - set(out)
+                    if q in at})
+        missing = (self.function_space.free_symbols - {x} - set(out)).union(
+            *(e.free_symbols for e in out.values()))
         if missing:
-            raise ValueError(f"give a value for {', '.join(sorted(map(str, missing)))}")
+            raise ValueError(f"exact_params needs a value for "
+                             f"{', '.join(sorted(map(str, missing)))}")
         return out
-
-
-def _assumptions(name: str) -> dict:
-    from .symbols import ASSUMPTIONS
-    return ASSUMPTIONS.get(name, {"real": True})
 
 
 @cache

@@ -222,9 +222,9 @@ class Norm:
 
         return sp.Matrix([ev(self.norm, xi) for xi in xs])
 
-    def constants_of(self, others, **given) -> dict:
+    def constants_of(self, others, given: dict | None = None) -> dict:
         """The per-channel constants (S, or m and Q, ...) of the other channels' values."""
-        raw = {sp.Symbol(f"P_{k}"): sum(g.subs(given).subs(x, v) for v in others)
+        raw = {sp.Symbol(f"P_{k}"): sum(g.subs(given or {}).subs(x, v) for v in others)
                for k, g in enumerate(self.basis, 1)}
         n = len(others) + 1
         return {c: d.xreplace(raw).subs(C, n) for c, d in self.per_channel_names[1].items()}

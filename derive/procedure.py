@@ -85,7 +85,6 @@ class Counterparts:
 
     def __init__(self, norm: sp.Expr):
         self.norm = Norm(norm)
-        self.input = norm
         self._vectors: dict[int, tuple] = {}
 
     def _vector(self, k: int) -> tuple[list, sp.Matrix]:
@@ -98,44 +97,46 @@ class Counterparts:
     # -- names: what the frozen statistics are called -----------------------------------
 
     @cached_property
-    def _frozen(self) -> tuple[dict, sp.Expr, sp.Expr]:
-        """(tau -> value in the frozen names, scale, shift in those names).
+    def _frozen(self) -> tuple[dict, sp.Expr, sp.Expr, tuple]:
+        """(tau -> its value in the frozen names, scale, shift, the frozen names).
 
-        The scale is sigma (s where there is a shift, as LayerNorm's), the shift mu.
+        The scale is called sigma (s where there is a shift, as LayerNorm's), the shift mu;
+        a statistic they do not determine keeps its own name.
         """
         scale, shift = self.norm.affine
-        taus = self.norm.symbols
-        eqs, names = [], {}
-        if shift != 0 and shift.free_symbols & set(taus):
-            eqs.append(shift - mu)
-            names[shift] = mu
-        if scale.free_symbols & set(taus):
-            sym = s if mu in names.values() else sigma
-            eqs.append(scale - sym)
-            names[scale] = sym
-        sols = sp.solve(eqs, taus, dict=True) if eqs else []
+        taus = set(self.norm.symbols)
+        named = {}
+        if shift.free_symbols & taus:
+            named[mu] = shift
+        if scale.free_symbols & taus:
+            named[s if named else sigma] = scale
+        sols = sp.solve([e - q for q, e in named.items()], list(taus), dict=True) if named else []
         if len(sols) != 1:
-            return {}, scale, shift
-        return sols[0], scale.xreplace(sols[0]), shift.xreplace(sols[0])
+            return {}, scale, shift, tuple(sorted(taus, key=str))
+        values = sols[0]
+        left = tuple(sorted(taus - set(values), key=str))
+        return values, sp.simplify(scale.xreplace(values)), \
+            sp.simplify(shift.xreplace(values)), tuple(sorted(named, key=str)) + left
 
     @property
     def scale(self) -> sp.Expr:
-        """The norm's scale at frozen statistics (sigma, s, or an expression)."""
-        return sp.simplify(self._frozen[1])
+        """The norm's scale at frozen statistics: sigma, s (or in the statistics)."""
+        return self._frozen[1]
 
     @property
     def shift(self) -> sp.Expr:
-        return sp.simplify(self._frozen[2])
+        """The norm's shift at frozen statistics: 0, mu (or in the statistics)."""
+        return self._frozen[2]
+
+    @property
+    def _frozen_names(self) -> tuple:
+        return self._frozen[3]
 
     def _frozen_values(self, values: dict) -> dict:
         """The frozen names (sigma, mu, leftover tau) -> their values given the statistics'."""
         scale, shift = (e.xreplace(values) for e in self.norm.affine)
-        out = {t: v for t, v in values.items() if t not in self._frozen[0]}
-        if self.scale.is_Symbol:
-            out[self.scale] = scale
-        if self.shift.is_Symbol:
-            out[self.shift] = shift
-        return out
+        at = {sigma: scale, s: scale, mu: shift, **values}
+        return {q: at[q] for q in self._frozen_names}
 
     # -- 1. the per-channel form ----------------------------------------------------------
 
@@ -193,7 +194,6 @@ class Counterparts:
     def split(self) -> Step:
         consts = ", ".join(f"{t} = sum of {g.subs(x, sp.Symbol('x_j'))}"
                            for g, t in self.norm.pair_constants.items())
-        pair = self.norm.values(self.norm.pair_split(x_k))
         k = SIZES[0] + 1
         xs, vec = self._vector(k)
         at = {t: sum(g.subs(x, xj) for xj in xs[2:]) for g, t in self.norm.pair_constants.items()}
@@ -202,8 +202,7 @@ class Counterparts:
             f"Write channel i with channels i and k explicit and {consts} over the other "
             "C - 2 channels, so that d/dx_i and d/dx_k are ordinary derivatives.",
             (equal(f"C = {k}: it is channel 0 of the norm of an explicit vector",
-                   self.pair_form.xreplace({**at, x: xs[0], x_k: xs[1], C: k}), vec[0]),)
-            if pair else (),
+                   self.pair_form.xreplace({**at, x: xs[0], x_k: xs[1], C: k}), vec[0]),),
         ))
 
     def _chain_rule(self, wrt: sp.Symbol) -> sp.Expr:
@@ -255,10 +254,6 @@ class Counterparts:
                    self._back(entry), sp.diff(self.pair_form, wrt)),
              *(self._jacobian_explicit(entry, diagonal, k) for k in SIZES)),
         ))
-
-    @property
-    def _frozen_names(self) -> set:
-        return ({self.scale, self.shift} | set(self.norm.symbols)) - set(self._frozen[0]) - {0}
 
     def _back(self, entry: sp.Expr) -> sp.Expr:
         """y, y_k, sigma, mu -> their values in the split form (x, x_k, T)."""
@@ -519,7 +514,10 @@ def _counterparts(norm: sp.Expr) -> Counterparts:
 
 
 def counterparts(norm: sp.Expr | str) -> Counterparts:
-    """Run the procedure on a norm (SymPy, or text parsed with the whitelist)."""
+    """Run the procedure on a norm: channel x's output, its statistics written with
+    mean(...) / sum(...) over the channels; SymPy, or text parsed with the whitelist."""
     if isinstance(norm, str):
         norm = parse(norm)
+    if not isinstance(norm, sp.Expr):
+        raise TypeError(f"norm must be a str or a SymPy expression, not {type(norm).__name__}")
     return _counterparts(norm)

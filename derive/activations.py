@@ -69,7 +69,7 @@ def dyisru_properties() -> Step:
 def exact_derivative_route() -> Step:
     """1/r -> y/x instead of freezing: the ODE's odd solutions are the DyISRU family."""
     rms = of("rmsnorm")
-    r = rms.scale.subs(rms._per_channel_frozen)           # sigma in x and S
+    r = rms.scale.subs(rms.frozen_values)           # sigma in x and S
     eq = ode.ode(y / x * (1 - y**2 / C))
     # y = sqrt(C) u, 0 < u < 1: du / (u (1 - u^2)) = dx / x, F(u) = log(u / sqrt(1 - u^2)).
     F = sp.log(u) - sp.log(1 - u**2) / 2

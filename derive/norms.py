@@ -10,6 +10,7 @@ from functools import cache
 
 import sympy as sp
 
+from .statistics import Norm
 from .symbols import p, parse
 
 #: name -> the norm as text: what `dynorm derive` reads, and the catalog's inputs.
@@ -44,7 +45,6 @@ def channels(n: int) -> list[sp.Symbol]:
 
 
 def _explicit(name: str, xs) -> sp.Matrix:
-    from .statistics import Norm
     return Norm(definition(name)).explicit(xs)
 
 

@@ -295,14 +295,15 @@ class Counterparts:
     # -- 3. derivative space --------------------------------------------------------------------
 
     @cached_property
-    def _per_channel_frozen(self) -> dict:
-        """The frozen names' values in the per-channel form (sigma -> the RMS in x and S...)."""
+    def frozen_values(self) -> dict:
+        """The frozen names' values in the per-channel form: sigma (or mu, s) in x and the
+        other channels' constants, as the decoupled ODE has them."""
         return self._frozen_values(self._per_channel_values)
 
     @cached_property
     def decouple(self) -> Step:
         diag = self.jacobian_diag
-        rhs = diag.subs(self._per_channel_frozen)
+        rhs = diag.subs(self.frozen_values)
         N = self.per_channel_form
         return check(Step(
             "decouple_derivative_space", ode.ode(rhs),
@@ -324,7 +325,7 @@ class Counterparts:
             "ODE becomes autonomous.",
             (equal("the frozen right-hand side does not depend on x", sp.diff(F, x), 0),
              equal("it is the decoupled one at the frozen values",
-                   F.subs(self._per_channel_frozen), ode.rhs_of(self.decouple.expr))),
+                   F.subs(self.frozen_values), ode.rhs_of(self.decouple.expr))),
         ))
 
     @property
@@ -444,7 +445,7 @@ class Counterparts:
                 "parameters themselves; the form is exact.",
                 (equal("it is the per-channel form", form, self.per_channel.expr),)))
         exact = form.subs(params).subs(C_AT_LEAST_2)   # C >= 2: there are other channels
-        diag = self.jacobian_diag.subs(y, self.per_channel_form).subs(self._per_channel_frozen)
+        diag = self.jacobian_diag.subs(y, self.per_channel_form).subs(self.frozen_values)
         return check(Step(
             "promote_beta", form,
             f"Decoupling in function space: promote {params[beta]} to one global parameter "

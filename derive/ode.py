@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from .steps import Step, check, equal
-from .symbols import u, v, w, x, y
+from .symbols import t, u, v, w, x, y
 
 Y = sp.Function("y")  # y as a function of x, in the ODE steps
 _HALF = sp.Rational(1, 2)
@@ -128,7 +128,6 @@ def _branch_solution(sep: Separated, x0: sp.Expr):
     """
     if sep.H is None:
         return None
-    t = sp.Symbol("t", positive=True)
     try:
         sols = sp.solve(sp.Eq(sep.H, t), u, check=False)  # checked by substitution below
     except NotImplementedError:

@@ -3,8 +3,8 @@
 ``sympify`` and ``parse_expr`` evaluate the text as Python, so a string such as
 ``"__import__('os').system(...)"`` runs. Here the text is only parsed by :mod:`ast`, and a
 SymPy expression is built from the allowed nodes alone: numbers, the given symbols and
-constants, ``+ - * / **`` (``^`` is read as ``**``, as SymPy does), unary minus, and calls of the functions
-in :data:`FUNCTIONS` with positional arguments. Anything else is a :class:`ParseError`
+constants, ``+ - * / **`` (``^`` is read as ``**``, as SymPy does), unary minus, and calls
+of the functions in :data:`FUNCTIONS` with positional arguments. Anything else is a :class:`ParseError`
 naming what it met. A float literal becomes the exact rational it is written as (``0.5``
 is 1/2), as the derivation works in exact arithmetic.
 """

@@ -23,12 +23,11 @@ from . import ode
 from .statistics import Norm, ProcedureError, Split
 from .steps import Step, abs_products as _abs_products, check, equal
 from .symbols import (ASSUMPTIONS, C, C_AT_LEAST_2, alpha, beta, epsilon, gamma, mu, n, parse,
-                      s, sigma, symbol, x, x_k, y, y_k)
+                      s, sigma, symbol, x, x_k, y, y_k, z)
 
 __all__ = ["Counterparts", "ProcedureError", "counterparts"]
 
 SIZES = (2, 3, 4)    # the concrete C checked against Matrix.jacobian and the explicit norm
-_z = sp.Symbol("z", real=True)      # x - shift, to present the per-channel form
 
 
 def _channels(k: int) -> list[sp.Symbol]:
@@ -59,6 +58,13 @@ def _free_bases(xs, *exprs) -> dict:
 def _with_free_bases(e, bases: dict):
     return e.replace(lambda q: q.is_Pow and q.base in bases,
                      lambda q: sp.Pow(bases[q.base], q.exp))
+
+
+def _split_radicand(base: sp.Expr) -> tuple[sp.Expr, sp.Expr, sp.Expr]:
+    """base = c (f(z) + K): (c, f(z), K), K the z-free part (the constants and epsilon)."""
+    terms = sp.Add.make_args(sp.expand(base))
+    c, zfun = sp.factor(sp.Add(*(q for q in terms if q.has(z)))).as_independent(z, as_Add=False)
+    return c, zfun, sp.factor(sp.Add(*(q for q in terms if not q.has(z))) / c)
 
 
 def _names(symbols) -> list[str]:
@@ -153,7 +159,7 @@ class Counterparts:
     def _canon(self, e: sp.Expr) -> sp.Expr:
         """e collected in z = x - x0 with factored coefficients (the form a reader expects)."""
         x0 = self._root
-        return sp.collect(sp.expand(e.subs(x, x0 + _z)), _z, sp.factor).subs(_z, x - x0)
+        return sp.collect(sp.expand(e.subs(x, x0 + z)), z, sp.factor).subs(z, x - x0)
 
     @cached_property
     def _per_channel_values(self) -> dict:
@@ -210,7 +216,7 @@ class Counterparts:
         local = self.norm.values(self.norm.pair_split(x_k), nested=False)
         d = {}
         for t in self.norm.symbols:
-            d[t] = sp.diff(local[t], wrt) + sum(sp.diff(local[t], u) * d[u] for u in d)
+            d[t] = sp.diff(local[t], wrt) + sum(sp.diff(local[t], q) * d[q] for q in d)
         body = self.norm.body
         total = sp.diff(body, wrt) + sum(sp.diff(body, t) * d[t] for t in d)
         consts = list(self.norm.pair_constants.values())
@@ -412,28 +418,20 @@ class Counterparts:
 
     @cached_property
     def _promoted(self):
-        """(form, {beta: ...}): the x-free part of the one root's radicand promoted to beta."""
+        """(form, {beta: ...}): the x-free part of the one radicand promoted to beta."""
         x0 = self._root
-        N = self.per_channel_form.subs(x, x0 + _z)
+        factors = sp.Mul.make_args(self.per_channel_form.subs(x, x0 + z))
         consts = set(self.norm.per_channel_names[1]) | {epsilon}
-        radicals = [f for f in sp.Mul.make_args(N)
-                    if f.is_Pow and f.base.has(_z) and f.base.free_symbols & consts]
+        radicals = [f for f in factors
+                    if f.is_Pow and f.base.has(z) and f.base.free_symbols & consts]
         if len(radicals) != 1:
             return self.per_channel_form, {}
         (rad,) = radicals
-        zpart, const = sp.S.Zero, sp.S.Zero
-        for term in sp.Add.make_args(sp.expand(rad.base)):
-            if term.has(_z):
-                zpart += term
-            else:
-                const += term
-        c, zfun = sp.factor(zpart).as_independent(_z, as_Add=False)
-        value = sp.factor(const / c)
-        prefactor = _at_least_2(sp.Mul(*(f for f in sp.Mul.make_args(N)
-                                          if f is not rad and not f.has(_z))) * c**rad.exp)
-        zfactors = sp.Mul(*(f for f in sp.Mul.make_args(N) if f is not rad and f.has(_z)))
-        form = prefactor * zfactors * (beta + zfun) ** rad.exp
-        return form.subs(_z, x - x0), {beta: value}
+        c, zfun, value = _split_radicand(rad.base)
+        others = [f for f in factors if f is not rad]
+        prefactor = _at_least_2(sp.Mul(*(f for f in others if not f.has(z))) * c**rad.exp)
+        form = prefactor * sp.Mul(*(f for f in others if f.has(z))) * (beta + zfun) ** rad.exp
+        return form.subs(z, x - x0), {beta: value}
 
     @cached_property
     def promote(self) -> Step:

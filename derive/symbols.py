@@ -59,4 +59,6 @@ C_AT_LEAST_2 = {C: n + 1}
 u = sp.Symbol("u", positive=True)     # a scaled variable on the positive branch: y / bound
 v = sp.Symbol("v", positive=True)     # the integration variable, on the branch 0 < v < y
 w = sp.Symbol("w", positive=True)     # |x - x0|, to look at one side of x0
+t = sp.Symbol("t", positive=True)     # (x - x0) / k, when G(y) = k H(y / bound) is inverted
+z = sp.Symbol("z", real=True)         # x - x0, the input measured from the form's shift
 K = sp.Symbol("K", positive=True)     # the integration constant of the DyISRU family

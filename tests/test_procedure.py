@@ -196,9 +196,23 @@ def test_a_norm_it_cannot_handle_is_one_clear_error(text, needle):
         counterparts(text).jacobian_diag  # noqa: B018
 
 
-def test_exact_params_rejects_a_channel_out_of_range():
+def test_sympy_input_is_the_text_and_rmsnorm_gives_the_catalog():
+    mean = sp.Function("mean")
+    cp = counterparts(x / sp.sqrt(mean(x**2) + epsilon))
+    assert cp is counterparts("x / sqrt(mean(x^2) + epsilon)")
+    assert cp.derivative_space_form == result("dyt").expr
+    assert cp.function_space == result("dyisru").expr
+    with pytest.raises(TypeError, match="norm must be a str or a SymPy expression"):
+        counterparts(5)
+
+
+def test_exact_params_names_what_it_lacks():
+    cp = counterparts(norms.definition("rmsnorm"))
     with pytest.raises(ValueError, match="i must index values"):
-        counterparts(norms.definition("rmsnorm")).exact_params([1, 2, 3], 3)
+        cp.exact_params([1, 2, 3], 3)
+    with pytest.raises(ValueError, match="needs a value for epsilon"):
+        cp.exact_params([1, 2, 3], 0)
+    assert cp.exact_params([1, 2, 3], 0, epsilon=0) == {beta: 13, C: 3}
 
 
 # -- dynorm derive ---------------------------------------------------------------------------------

@@ -300,6 +300,14 @@ class Counterparts:
 
     # -- 3. derivative space --------------------------------------------------------------------
 
+    @property
+    def frozen_definitions(self) -> dict:
+        """The frozen names as the norm defines them: sigma -> sqrt(epsilon + mean(x**2))."""
+        calls: dict = {}
+        for st in self.norm.stats:
+            calls[st.symbol] = st.call().xreplace(calls)
+        return {q: e.xreplace(calls) for q, e in self._frozen_values(calls).items()}
+
     @cached_property
     def frozen_values(self) -> dict:
         """The frozen names' values in the per-channel form: sigma (or mu, s) in x and the
@@ -324,11 +332,12 @@ class Counterparts:
         F = self.jacobian_diag
         names = _names(self._frozen_names)
         one = len(names) == 1
+        meaning = "; ".join(f"{q} = {sp.sstr(e)}" for q, e in self.frozen_definitions.items())
         return check(Step(
             "freeze_" + "_".join(names), ode.ode(F),
-            f"The approximation: {_and(names)} depend{'s' if one else ''} on x_i, but "
-            f"{'is' if one else 'are'} frozen to {'a constant' if one else 'constants'}; the "
-            "ODE becomes autonomous.",
+            f"The approximation: {_and(names)} ({meaning}) depend{'s' if one else ''} on x_i, "
+            f"but {'is' if one else 'are'} frozen to {'a constant' if one else 'constants'}; "
+            "the ODE becomes autonomous.",
             (equal("the frozen right-hand side does not depend on x", sp.diff(F, x), 0),
              equal("it is the decoupled one at the frozen values",
                    F.subs(self.frozen_values), ode.rhs_of(self.decouple.expr))),

@@ -1,7 +1,8 @@
 """The catalog: result name -> which norm, which route of the procedure, which facts.
 
 Every result is one route of :func:`derive.procedure.counterparts` applied to a norm of
-:mod:`derive.norms`, followed by the result-specific steps of :mod:`derive.activations`.
+:mod:`derive.norms`, followed by the result-specific steps of :mod:`derive.activations`;
+a form not derived from a norm (Derf) is its expression with the steps that prove its facts.
 ``result(name)`` derives (and checks) only what that result needs, ``catalog()``
 derives everything; the procedure's steps are made once per norm.
 """
@@ -14,6 +15,7 @@ from typing import Callable
 import sympy as sp
 
 from . import activations as facts
+from . import derf
 from .procedure import Counterparts
 from .steps import Step
 
@@ -83,9 +85,10 @@ def counterpart_results(cp: Counterparts) -> dict[str, Result]:
 @dataclass(frozen=True)
 class Entry:
     title: str
-    norm: str     # a name in derive.norms
-    route: str    # a key of ROUTES
+    norm: str | None      # a name in derive.norms; None for a form not derived from a norm
+    route: str | None     # a key of ROUTES
     facts: tuple[Callable[[], Step], ...] = field(default=())
+    form: Callable[[], tuple[sp.Expr, dict]] | None = None   # (expr, params) without a norm
 
 
 _DYT_FACTS = (facts.dyt_properties, facts.matched_slope)
@@ -112,6 +115,9 @@ ENTRIES: dict[str, Entry] = {
                     "derivative_space", (facts.dyt_ln_properties,)),
     "dyisru_ln": Entry("DyISRU from LayerNorm (function space, exact)", "layernorm",
                        "function_space", (facts.dyisru_ln_properties,)),
+    "derf": Entry("Derf (not from a norm: its properties, and its shift tied to the LayerNorm "
+                  "forms')", None, None, (derf.derf_properties, derf.derf_shift),
+                  lambda: (derf.DERF, derf.DERF_PARAMS)),
     "pnorm_jacobian_diag": Entry("p-norm Jacobian, diagonal entry (general p)", "pnorm",
                                  "jacobian_diag"),
     "pnorm_function_space": Entry("From the p-norm (function space, exact, general p)",
@@ -134,7 +140,11 @@ NAMES = tuple(ENTRIES)
 def result(name: str) -> Result:
     """Derive (and check) one result; KeyError for an unknown name."""
     e = ENTRIES[name]
-    return route_result(name, e.title, facts.of(e.norm), e.route, tuple(f() for f in e.facts))
+    steps = tuple(f() for f in e.facts)
+    if e.norm is None:
+        expr, params = e.form()
+        return Result(name, e.title, expr, dict(params), steps)
+    return route_result(name, e.title, facts.of(e.norm), e.route, steps)
 
 
 def catalog() -> dict[str, Result]:

@@ -100,6 +100,7 @@ _REDUCERS: tuple[Callable[[sp.Expr], sp.Expr], ...] = (
     _powers,
     sp.simplify,
     _rewrite_exp,
+    lambda e: sp.simplify(e.rewrite(sp.erf)),   # erfc(u) = 1 - erf(u)
 )
 
 

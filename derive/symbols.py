@@ -26,6 +26,7 @@ ASSUMPTIONS: dict[str, dict[str, bool]] = {
     "s": {"positive": True},      # LayerNorm's standard deviation, eps included
     "m": {"real": True},          # mean of the channels other than i
     "Q": {"nonnegative": True},   # sum over j != i of (x_j - m)^2
+    "shift": {"real": True},      # an input shift: Derf's inner shift, the layers' shift
     "R": {"nonnegative": True},   # sum over j != i of h(x_j), h >= 0 (a p-norm: |x_j|^p)
     "p": {"positive": True},      # the p-norm's exponent
     "g": {"positive": True},      # ScaleNorm's gain
@@ -48,7 +49,7 @@ def parse(text: str) -> sp.Basic:
     return _parser.parse(text, _TABLE)
 
 
-x, x_k, y, y_k, C, epsilon, sigma, S, beta, alpha, gamma, mu, s, m, Q, R, p, g = (
+x, x_k, y, y_k, C, epsilon, sigma, S, beta, alpha, gamma, mu, s, m, Q, shift, R, p, g = (
     _TABLE[n] for n in ASSUMPTIONS
 )
 

@@ -90,6 +90,9 @@ def cmd_derive(args) -> int:
         results = counterpart_results(counterparts(args.norm))
     except (ValueError, DerivationError) as e:  # a bad text, or a norm it cannot handle
         raise UsageError(f"cannot derive {args.norm!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001  SymPy gave up on the user's formula
+        raise UsageError(f"cannot derive {args.norm!r}: SymPy failed "
+                         f"({type(e).__name__}: {e})") from None
     _print_derivation(results, args.format)
     if args.json:
         Path(args.json).write_text(export.dumps(export.export(results)))

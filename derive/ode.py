@@ -85,22 +85,25 @@ def _atanh(H: sp.Expr) -> sp.Expr:
 
 
 def antiderivative(F: sp.Expr) -> Separated:
-    """G(y) = int_0^y dv / F(v): closed where SymPy integrates it, else an Integral."""
+    """G(y) = int_0^y dv / F(v): closed where SymPy integrates it, else an Integral.
+
+    With v = a u (a the bound, or 1 where F has no root: then F never vanishes on the
+    branch), 1/F is a constant k times r(u); r a rational function with numeric
+    coefficients is integrated, anything else stays an Integral.
+    """
     even = _is_even(F)
     a = _bound(F.subs(y, v)) if even else None
-    if a is not None:
-        k, r = sp.factor(a / F.subs(y, a * u)).as_independent(u, as_Add=False)
-        if k.could_extract_minus_sign():
-            k, r = -k, -r
-        if r.free_symbols == {u} and r.is_rational_function(u):
-            H = _atanh(_real_logs(sp.integrate(r, u)))
-            H = H - H.subs(u, 0)
-            G = sp.factor_terms(sp.expand(k * H.subs(u, y / a)))
-            return Separated(F, G, a, even, k, H)
-    elif a is None and (1 / F.subs(y, u)).is_rational_function(u):   # F never 0 for y > 0
-        H = sp.integrate(1 / F.subs(y, u), u)
+    scale = sp.S.One if a is None else a
+    k, r = sp.factor(scale / F.subs(y, scale * u)).as_independent(u, as_Add=False)
+    if k.could_extract_minus_sign():
+        k, r = -k, -r
+    if r.free_symbols <= {u} and r.is_rational_function(u):
+        H = sp.integrate(r, u)
+        if a is not None:  # logs real on the branch 0 < u < 1
+            H = _atanh(_real_logs(H))
         H = H - H.subs(u, 0)
-        return Separated(F, H.subs(u, y), None, even, sp.S.One, H)
+        G = sp.factor_terms(sp.expand(k * H.subs(u, y / scale)))
+        return Separated(F, G, a, even, k, H)
     return Separated(F, sp.Integral(1 / F.subs(y, v), (v, 0, y)), a, even)
 
 

@@ -241,7 +241,7 @@ class Counterparts:
             return entry
         d = _abs_products(sp.powsimp(sp.expand(entry * scale)))
         if d.has(scale) or d.has(self.shift):
-            return sp.simplify(entry)
+            return entry
         return (sp.expand(d) if diagonal else sp.together(d)) / scale
 
     def _jacobian(self, diagonal: bool) -> Step:

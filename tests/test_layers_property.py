@@ -18,7 +18,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests import checks
-from tests import reference as R
 from tests import strategies as S
 
 #: float64 never fuses (numeric/backends.py): the fused path is tested on the others.

@@ -84,6 +84,32 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _print_derivation(results, fmt: str) -> None:
+    for r in results.values():
+        print(render.steps(r, fmt))
+        print()
+        print(render.formula(r, fmt))
+        print("\n" + "=" * 78 + "\n")
+
+
+def cmd_derive(args) -> int:
+    """The procedure on a user's norm: its derivation, and the export schema with --json."""
+    from .catalog import counterpart_results
+    from .procedure import counterparts
+    try:
+        results = counterpart_results(counterparts(args.norm))
+    except (ValueError, DerivationError) as e:  # a bad text, or a norm it cannot handle
+        raise UsageError(f"cannot derive {args.norm!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001  SymPy gave up on the user's formula
+        raise UsageError(f"cannot derive {args.norm!r}: SymPy failed "
+                         f"({type(e).__name__}: {e})") from None
+    _print_derivation(results, args.format)
+    if args.json:
+        Path(args.json).write_text(export.dumps(export.export(results)))
+        print(f"wrote {len(results)} results to {args.json}")
+    return 0
+
+
 def _pair(text: str, what: str) -> tuple[str, str]:
     """NAME=VALUE split at the first '=', both sides stripped and non-empty."""
     name, eq, value = text.partition("=")
@@ -167,6 +193,14 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="every result as JSON")
     s.add_argument("--json", required=True, metavar="FILE", help="output file, or - for stdout")
     s.set_defaults(run=cmd_export)
+    s = sub.add_parser("derive", help="the procedure on a norm of your own: its Jacobian "
+                       "and counterparts, derived and checked")
+    s.add_argument("norm", metavar="NORM",
+                   help="channel x's output, statistics as mean(...) or sum(...) over the "
+                   "channels, e.g. 'x / sqrt(mean(x**2) + epsilon)'")
+    s.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    s.add_argument("--format", **fmt)
+    s.set_defaults(run=cmd_derive)
     s = sub.add_parser("generate", help="write the generated sources and notes")
     s.add_argument("--check", action="store_true", help="exit 1 if they are stale")
     s.add_argument("--form", metavar="NAME=EXPR",

@@ -3,7 +3,6 @@ tests check): the choice per call, large inputs (row blocks, fusion), accurate s
 compiler's failure, and the frames between a Module and the generated code."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path

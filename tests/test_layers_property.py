@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 
 from derive.testing import assert_matches
 from tests import checks
-from tests import reference as R
 from tests import strategies as S
 
 #: float64 never fuses (numeric/backends.py): the fused path is tested on the others.

@@ -13,8 +13,8 @@ formula cancels) at the inputs exactly as cast, through the one tolerance table
 (``TOLERANCES``). A mismatch raises an AssertionError (``Mismatch``) naming the worst
 element, its input and its reference.
 
-This is the one module of ``derive`` that imports torch (and hypothesis); ``import derive``
-never loads it. The project's own property tests use it too.
+This is the one module of ``derive`` that imports torch (and hypothesis, of the ``test``
+extra); ``import derive`` never loads it. The project's own property tests use it too.
 """
 from __future__ import annotations
 

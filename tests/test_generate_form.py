@@ -70,8 +70,10 @@ def test_parse_never_evaluates_the_text(capfd):
 
 def test_scalar_names_cannot_shadow_the_generated_code_or_the_module():
     """The scalars become arguments of the printed functions and attributes of an
-    nn.Module: every public attribute of torch.nn.Module is reserved."""
-    module_names = {n for n in dir(torch.nn.Module) if not n.startswith("_")}
+    nn.Module: every public attribute of torch.nn.Module is reserved (torch's own: other
+    libraries add theirs at import, transformers its smart_apply)."""
+    module_names = {n for n in dir(torch.nn.Module) if not n.startswith("_") and getattr(
+        getattr(torch.nn.Module, n), "__module__", "torch").startswith("torch")}
     assert module_names | {"training"} <= formgen.RESERVED
     for name in ("u", "t0", "x_t", "weight", "eval", "grad_x"):
         with pytest.raises(FormulaError, match="reserved"):

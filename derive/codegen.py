@@ -14,7 +14,7 @@ import sympy as sp
 
 from .catalog import result
 from .printer import torch_code
-from .rewrites import (KERNEL_RULES, RULES, TEMPLATES, TORCH_RULES, Rewritten, apply_kernel_rule,
+from .rewrites import (FUSED_RULES, RULES, TEMPLATES, TORCH_RULES, Rewritten, apply_kernel_rule,
                        application_obligation, template_obligation)
 from .steps import Step, check, equal, limit
 from .symbols import alpha, beta, m, mu, shift, x
@@ -295,8 +295,8 @@ def fused_functions(name: str) -> list[Function]:
                          ("grad_weight", SUM_ROWS), ("grad_bias", SUM_ROWS))}
     out = []
     for what, f in (("forward", forward), ("backward", backward)):
-        used = [rule for rule in KERNEL_RULES if any(_applies(rule, r) for _, r in f.outputs)]
-        outputs = tuple((n, template_rewrite(KERNEL_RULES, f"{name}_fused_{what}:{n}", r))
+        used = [rule for rule in FUSED_RULES if any(_applies(rule, r) for _, r in f.outputs)]
+        outputs = tuple((n, template_rewrite(FUSED_RULES, f"{name}_fused_{what}:{n}", r))
                         for n, r in f.outputs)
         first = f.doc.splitlines()[0].split(", times grad")[0].rstrip(":")
         doc = (f"{first}.\n\nThe same formulas as {f.name}, "

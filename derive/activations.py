@@ -1,7 +1,7 @@
 """What the derived counterparts are, beyond their derivation: facts proven as steps.
 
 The procedure (:mod:`derive.procedure`) derives every form; the steps here prove the
-properties MATH.md states of the named ones (DyT, DyISRU, their LayerNorm forms, the
+stated properties of the named ones (DyT, DyISRU, their LayerNorm forms, the
 p = 1 counterpart's saturating exponential), and DyISRU's second, exact derivative route.
 """
 from __future__ import annotations

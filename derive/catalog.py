@@ -15,6 +15,7 @@ from typing import Callable
 import sympy as sp
 
 from . import activations as facts
+from . import cache as disk
 from . import derf
 from .procedure import Counterparts
 from .steps import Step
@@ -136,9 +137,34 @@ ENTRIES: dict[str, Entry] = {
 NAMES = tuple(ENTRIES)
 
 
+#: Called with a result's name before it is derived (not read from the disk cache): the
+#: command line says what takes the time (``announce``).
+ANNOUNCE: Callable[[str], None] | None = None
+
+
+def announce(fn: Callable[[str], None] | None) -> None:
+    """Call fn(name) before each result that is derived rather than read from the cache."""
+    global ANNOUNCE
+    ANNOUNCE = fn
+
+
 @cache
 def result(name: str) -> Result:
-    """Derive (and check) one result; KeyError for an unknown name."""
+    """One result, derived and checked (or read back from the disk cache, where a run with
+    the same source and libraries stored it: derive/cache.py); KeyError for an unknown name."""
+    if name not in ENTRIES:
+        raise KeyError(name)
+    stored = disk.load(name)
+    if isinstance(stored, Result):
+        return stored
+    if ANNOUNCE is not None:
+        ANNOUNCE(name)
+    out = _derive(name)
+    disk.store(name, out)
+    return out
+
+
+def _derive(name: str) -> Result:
     e = ENTRIES[name]
     steps = tuple(f() for f in e.facts)
     if e.norm is None:

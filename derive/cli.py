@@ -15,8 +15,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from . import export, generate, render
-from .catalog import NAMES, result
+from . import cache, export, generate, render
+from .catalog import NAMES, announce, result
 from .steps import DerivationError
 
 PROG = "dynorm"
@@ -229,7 +229,21 @@ def _drop_stdout() -> None:
         pass
 
 
+def _announce(name: str) -> None:
+    """Once per run, on stderr: the first derivation without the cache takes seconds."""
+    if not _announce.done:
+        _announce.done = True
+        where = cache.folder()
+        print(f"{PROG}: deriving and checking {name} and what it needs (every claim, two ways; "
+              + (f"stored in {where} for later runs)" if where else "the cache is off)"),
+              file=sys.stderr)
+
+
+_announce.done = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    announce(_announce)
     try:
         args = parser().parse_args(argv)
         if getattr(args, "format", None) == "pretty" and not _unicode_ok(sys.stdout):

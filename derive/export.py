@@ -1,4 +1,4 @@
-"""The public export (DESIGN.md, "Catalog and export"): every result as plain data."""
+"""The public export (a public interface): every result as plain data."""
 from __future__ import annotations
 
 import json

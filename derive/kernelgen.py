@@ -79,8 +79,10 @@ def _kernels(name: str) -> tuple[Kernel, Kernel]:
 # -- the skeleton --------------------------------------------------------------------------
 
 def _lines(kernel: Kernel, indent: str) -> tuple[list[str], int]:
-    """The printed body: the clamp, z = x - shift, temporaries, outputs; and its op count."""
-    pre = [(x, _CLAMP)] + ([(FORMS[kernel.name].var, x - shift)] if kernel.shifted else [])
+    """The printed body: the clamp, z = x - shift (clamped too: it overflows for x = 3e38,
+    shift = -1e38, see codegen.SHIFT), temporaries, outputs; and its op count."""
+    pre = [(x, _CLAMP)] + ([(FORMS[kernel.name].var, _CLAMP.subs(x, x - shift))]
+                           if kernel.shifted else [])
     assigned, body = statements(kernel.outputs)
     names = [n for n, _ in kernel.outputs]
     lines = [f"{indent}{sym} = {triton_code(value)}" for sym, value in [*pre, *assigned]]

@@ -1,6 +1,6 @@
 """One procedure for any normalization: its Jacobian and its element-wise counterparts.
 
-``counterparts(norm)`` runs MATH.md section 9 on channel x's output of a per-token norm,
+``counterparts(norm)`` runs one procedure on channel x's output of a per-token norm,
 written with ``mean(...)`` / ``sum(...)`` over the channels:
 
 1. the per-channel form: the other channels folded into constants (S, or m and Q, ...);
@@ -83,7 +83,7 @@ def _at_least_2(e: sp.Expr, simplify=sp.simplify) -> sp.Expr:
 class Counterparts:
     """The procedure's results for one norm; each step is made (and checked) when first used.
 
-    Attributes, as in DESIGN.md: ``jacobian_diag``, ``jacobian_offdiag``,
+    Attributes: ``jacobian_diag``, ``jacobian_offdiag``,
     ``derivative_space_ode``, ``derivative_space`` (or None, with
     ``derivative_space_implicit``), ``function_space``, ``params``, ``steps`` and
     ``exact_params(values, i, **constants)``.

@@ -5,7 +5,7 @@ A per-token norm gives channel x the output N(x; t_1, ..., t_k): each statistic 
 statistics (LayerNorm's variance uses the mean). Splitting a statistic into the channels
 written out and the others, mean(h) = (h(x) + rest) / C, needs the rest as constants: h is
 expanded into terms c(t) g(x_j), and each g gets one constant, the sum of g over the other
-channels. For channel i alone (the per-channel form) those sums are named after MATH.md
+channels. For channel i alone (the per-channel form) those sums are named after the papers'
 (S for x^2, m and Q for x and x^2, R for any other one); for channels i and k written out
 (the split form of the Jacobian) they are T (or T_1, T_2, ...).
 """

@@ -71,7 +71,7 @@ _TABLE = {name: sp.Symbol(name, **a) for name, a in ASSUMPTIONS.items()}
 
 
 def symbol(name: str) -> sp.Symbol:
-    """The canonical symbol called ``name`` (KeyError for a name MATH.md does not fix)."""
+    """The canonical symbol called ``name`` (KeyError for a name not in ASSUMPTIONS)."""
     return _TABLE[name]
 
 

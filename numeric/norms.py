@@ -4,27 +4,12 @@ torch.nn.LayerNorm, which checks the Jacobians against an implementation written
 """
 from __future__ import annotations
 
-import math
-from numbers import Real
-
 import torch
 from torch import nn
 
 from . import functional as F
+from .functional import _eps
 from .layers import _size
-
-
-def _eps(eps, allow_none: bool = False) -> float | None:
-    """eps as a float: finite and >= 0 (None kept where torch accepts it)."""
-    if eps is None and allow_none:
-        return None
-    if isinstance(eps, bool) or not isinstance(eps, Real):
-        raise TypeError(f"eps must be a real number{' or None' if allow_none else ''}, "
-                        f"got {type(eps).__name__}")
-    eps = float(eps)
-    if not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
-    return eps
 
 
 class _Norm(nn.Module):
@@ -77,8 +62,7 @@ class RMSNorm(_Norm):
 
     def forward(self, x):
         self._check_input(x)
-        eps = torch.finfo(F.compute_dtype(x.dtype)).eps if self.eps is None else self.eps
-        return F.rms_norm(x, self.weight, eps)
+        return F.rms_norm(x, self.weight, self.eps)
 
 
 class LayerNorm(_Norm):

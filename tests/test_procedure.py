@@ -1,7 +1,7 @@
 """The procedure on any norm, the whitelist parser, and `dynorm derive`.
 
 Independent witnesses: each norm written again here in mpmath (its Jacobian by mpmath.diff,
-its frozen ODE solved by mpmath.odefun), and MATH.md's stated results written out here.
+its frozen ODE solved by mpmath.odefun), and the stated results of the p-norm and ScaleNorm counterparts written out here.
 """
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ def test_derivative_space_solves_the_frozen_ode_numerically(name):
                     assert abs(sp.N(gap, 20)) < 1e-12, (xv, gap)
 
 
-# -- MATH.md section 9's results, written out here -----------------------------------------------
+# -- the p-norm and ScaleNorm results, written out here -----------------------------------------------
 
 def _same(a, b) -> bool:
     return sp.simplify(a - b) == 0

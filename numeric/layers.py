@@ -279,7 +279,17 @@ class DyISRU(_Elementwise):
         return F.dyisru(x, self.beta, self.weight, self.bias)
 
 
-class DyTLN(_Elementwise):
+class _AlphaShift(_Elementwise):
+    """A layer with a positive scale ``alpha`` and a ``shift`` (0-dim each): DyTLN, Derf."""
+
+    def __init__(self, normalized_shape, *, alpha_init: float = 0.5, shift_init: float = 0.0,
+                 weight_init: float = 1.0, bias: bool = True, device=None, dtype=None):
+        super().__init__(normalized_shape, {"alpha": _positive(alpha_init, "alpha_init"),
+                                            "shift": _finite(shift_init, "shift_init")},
+                         weight_init, bias, device, dtype)
+
+
+class DyTLN(_AlphaShift):
     """DyT's LayerNorm form: y = weight * tanh(alpha * (x - shift)) + bias.
 
     From LayerNorm with mu and s frozen: alpha = sqrt(C-1)/(C s), gamma = sqrt(C-1), and the
@@ -288,11 +298,6 @@ class DyTLN(_Elementwise):
     Shapes: x (..., C) -> (..., C); alpha (), shift (), weight (C,), bias (C,) or None.
     """
 
-    def __init__(self, normalized_shape, *, alpha_init: float = 0.5, shift_init: float = 0.0,
-                 weight_init: float = 1.0, bias: bool = True, device=None, dtype=None):
-        super().__init__(normalized_shape, {"alpha": _positive(alpha_init, "alpha_init"),
-                                            "shift": _finite(shift_init, "shift_init")},
-                         weight_init, bias, device, dtype)
 
     @classmethod
     def from_sample(cls, sample: torch.Tensor, **kwargs) -> "DyTLN":
@@ -347,7 +352,7 @@ class DyISRULN(_Elementwise):
         return F.dyisru_ln(x, self.beta, self.shift, self.weight, self.bias)
 
 
-class Derf(_Elementwise):
+class Derf(_AlphaShift):
     """Derf (Chen et al. 2025): y = weight * erf(alpha * x + shift) + bias.
 
     Not derived from a norm; its inner shift is the LayerNorm forms' input shift
@@ -356,11 +361,6 @@ class Derf(_Elementwise):
     Shapes: x (..., C) -> (..., C); alpha (), shift (), weight (C,), bias (C,) or None.
     """
 
-    def __init__(self, normalized_shape, *, alpha_init: float = 0.5, shift_init: float = 0.0,
-                 weight_init: float = 1.0, bias: bool = True, device=None, dtype=None):
-        super().__init__(normalized_shape, {"alpha": _positive(alpha_init, "alpha_init"),
-                                            "shift": _finite(shift_init, "shift_init")},
-                         weight_init, bias, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)

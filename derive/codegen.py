@@ -134,7 +134,7 @@ def _rewrite(form: Form, e: sp.Expr) -> Rewritten:
     return out
 
 
-def _applies(rule: str, r: Rewritten) -> bool:
+def applies(rule: str, r: Rewritten) -> bool:
     return any(TEMPLATES[rule].instances(e) for e in (r.expr, *r.defs.values()))
 
 
@@ -148,7 +148,7 @@ def proven(rule: str) -> Step:
 def template_rewrite(rules, where: str, r: Rewritten) -> Rewritten:
     """Apply each template rule that has something to replace; check each application."""
     for rule in rules:
-        if _applies(rule, r):
+        if applies(rule, r):
             proven(rule)
             out = apply_kernel_rule(rule, r)
             check(Step(f"{where}:{rule}", out.expr, RULES[rule].fixes,
@@ -242,7 +242,7 @@ def layer_functions(form: Form) -> tuple[Function, ...]:
 
 # -- the emitter -------------------------------------------------------------------------
 
-def _ops(exprs) -> int:
+def op_count(exprs) -> int:
     return sum(sp.count_ops(e) for e in exprs)
 
 
@@ -280,7 +280,7 @@ def emit(fn: Function) -> str:
         lines.append(f"    {n} = {torch_code(e)}")
     finish = dict(fn.finish)
     lines.append(f"    return {', '.join(finish.get(n, '{}').format(n) for n in names)}")
-    ops = _ops([v for _, v in assigned] + body)
+    ops = op_count([v for _, v in assigned] + body)
     args = ", ".join(a.name for a in fn.args)
     doc = fn.doc.replace("\n", "\n    ").replace("    \n", "\n")
     return (f"def {fn.name}({args}):\n"
@@ -324,7 +324,7 @@ def fused_functions(name: str) -> list[Function]:
                          ("grad_weight", SUM_ROWS), ("grad_bias", SUM_ROWS))}
     out = []
     for what, f in (("forward", forward), ("backward", backward)):
-        used = [rule for rule in FUSED_RULES if any(_applies(rule, r) for _, r in f.outputs)]
+        used = [rule for rule in FUSED_RULES if any(applies(rule, r) for _, r in f.outputs)]
         outputs = tuple((n, template_rewrite(FUSED_RULES, f"{name}_fused_{what}:{n}", r))
                         for n, r in f.outputs)
         first = f.doc.splitlines()[0].split(", times grad")[0].rstrip(":")

@@ -138,7 +138,7 @@ def derf(x, alpha, shift, weight, bias=None):
     return fn.apply(*args)
 
 
-def _eps(eps, allow_none: bool = False) -> float | None:
+def check_eps(eps, allow_none: bool = False) -> float | None:
     """eps as a float: a real number, finite and >= 0 (None kept where torch accepts it)."""
     if eps is None and allow_none:
         return None
@@ -161,7 +161,7 @@ def _norm(name: str, x, weight, bias, eps):
     weight = _channels(weight, "weight", x, optional=True)
     bias = _channels(bias, "bias", x, optional=True)
     ct = compute_dtype(x.dtype)
-    eps = _eps(eps, allow_none=name == "rmsnorm")
+    eps = check_eps(eps, allow_none=name == "rmsnorm")
     y = NORMS[name].apply(x.to(ct), torch.finfo(ct).eps if eps is None else eps)
     if weight is not None:
         y = y * weight.to(ct)

@@ -28,7 +28,7 @@ def llama_alpha_init(width: int, block: str = "attention") -> float:
     """
     if block not in _BLOCKS:
         raise ValueError(f"block must be one of {sorted(_BLOCKS)}, got {block!r}")
-    width = _size(width, "width")
+    width = check_size(width, "width")
     col = _BLOCKS[block]
     ws = sorted(LLAMA_ALPHA)
     if width <= ws[0] or width >= ws[-1]:
@@ -41,7 +41,7 @@ def llama_alpha_init(width: int, block: str = "attention") -> float:
     return (1 - t) * LLAMA_ALPHA[lo][col] + t * LLAMA_ALPHA[hi][col]
 
 
-def _size(n, name: str) -> int:
+def check_size(n, name: str) -> int:
     if isinstance(n, (tuple, list, torch.Size)):
         if len(n) != 1:
             raise ValueError(f"{name} must be one size (the last dimension), got {tuple(n)}")
@@ -109,7 +109,7 @@ class _Elementwise(nn.Module):
     def __init__(self, normalized_shape, scalars: dict[str, float], weight_init: float,
                  bias: bool, device, dtype):
         super().__init__()
-        self.normalized_shape = (_size(normalized_shape, "normalized_shape"),)
+        self.normalized_shape = (check_size(normalized_shape, "normalized_shape"),)
         self._inits = dict(scalars, weight=_finite(weight_init, "weight_init"))
         dtype = _param_dtype(dtype)
         for name, value in self._inits.items():
@@ -256,7 +256,7 @@ class DyISRU(_Elementwise):
 
     def __init__(self, normalized_shape, *, beta_init: float | None = None,
                  weight_init: float | None = None, bias: bool = True, device=None, dtype=None):
-        c = _size(normalized_shape, "normalized_shape")
+        c = check_size(normalized_shape, "normalized_shape")
         super().__init__(c, {"log_beta": _log_beta_init(beta_init, c, dtype)},
                          math.sqrt(c) if weight_init is None else weight_init,
                          bias, device, dtype)
@@ -313,7 +313,7 @@ class DyTLN(_AlphaShift):
 
 
 def _at_least_2(c) -> int:
-    c = _size(c, "normalized_shape")
+    c = check_size(c, "normalized_shape")
     if c < 2:
         raise ValueError(f"normalized_shape must be at least 2 for a LayerNorm form, got {c}")
     return c

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from . import functional as F
-from .functional import _eps
-from .layers import _size
+from .functional import check_eps
+from .layers import check_size
 
 
 class _Norm(nn.Module):
@@ -18,7 +18,7 @@ class _Norm(nn.Module):
 
     def __init__(self, normalized_shape, eps, weight: bool, bias: bool, device, dtype):
         super().__init__()
-        self.normalized_shape = (_size(normalized_shape, "normalized_shape"),)
+        self.normalized_shape = (check_size(normalized_shape, "normalized_shape"),)
         self.eps = eps
         kw = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(self.normalized_shape, **kw)) if weight else None
@@ -57,7 +57,7 @@ class RMSNorm(_Norm):
 
     def __init__(self, normalized_shape, eps: float | None = None,
                  elementwise_affine: bool = True, device=None, dtype=None):
-        super().__init__(normalized_shape, _eps(eps, allow_none=True), elementwise_affine,
+        super().__init__(normalized_shape, check_eps(eps, allow_none=True), elementwise_affine,
                          False, device, dtype)
 
     def forward(self, x):
@@ -73,7 +73,7 @@ class LayerNorm(_Norm):
 
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True,
                  bias: bool = True, device=None, dtype=None):
-        super().__init__(normalized_shape, _eps(eps), elementwise_affine,
+        super().__init__(normalized_shape, check_eps(eps), elementwise_affine,
                          elementwise_affine and bias, device, dtype)
 
     def forward(self, x):

@@ -15,11 +15,13 @@ converted model learns no affine parameter the original did not have.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from . import calibrate as calibration
 from . import norms
 from .layers import LAYERS
 
@@ -77,17 +79,22 @@ class Report(list):
 
     ``model`` is the converted model: the one passed in, changed in place, or the new layer
     when the model itself was a norm. ``unfused`` names the modules whose fused path
-    was turned off (see FUSED_PATHS).
+    was turned off (see FUSED_PATHS). ``calibration`` (with ``calibrate``) is the
+    numeric.calibrate.CalibrationReport: per layer its error before and after the fit and
+    after distillation, the held-out cosines.
     """
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
         self.unfused: list[str] = []
+        self.calibration = None
 
     def __str__(self) -> str:
         lines = [str(r) for r in self] + [f"{n or '(model)'}: torch's fused path off (it "
                                           f"would run a LayerNorm)" for n in self.unfused]
+        if self.calibration is not None:
+            lines.append(str(self.calibration))
         return "\n".join(lines) or "no LayerNorm or RMSNorm found"
 
 
@@ -122,31 +129,88 @@ def _unfuse(model: nn.Module, replaced: list[str], report: Report) -> None:
             report.unfused.append(name)
 
 
+_TUNING = calibration.DEFAULTS
+
+
 def convert(model: nn.Module, to: str = "dyisru", *, keep_affine: bool = True,
+            calibrate=None, steps: int = _TUNING["steps"], held_out=_TUNING["held_out"],
+            fit: str = _TUNING["fit"], output=_TUNING["output"], lr: float = _TUNING["lr"],
+            layer_loss: float = _TUNING["layer_loss"], seed: int = _TUNING["seed"],
+            fit_tokens: int = _TUNING["fit_tokens"], progress: bool = _TUNING["progress"],
             **options) -> Report:
     """Replace every LayerNorm / RMSNorm in ``model`` in place; return what changed.
 
     ``to`` is one of TARGETS; ``options`` go to the target's constructor (alpha_init=...,
     bias=...). When ``model`` itself is a norm, ``report.model`` is its replacement.
+
+    With ``calibrate`` (an iterable of the model's inputs), the new layers are then fitted
+    to the norms on those batches and distilled ``steps`` Adam steps against the original
+    model's ``output`` (numeric.calibrate says how); ``held_out`` batches give the cosine
+    to the original; ``report.calibration`` holds the per-layer errors and the cosines.
     """
     if to not in TARGETS:
         raise ValueError(f"to must be one of {sorted(TARGETS)}, got {to!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    tuning = _check_calibration(calibrate, steps=steps, held_out=held_out, fit=fit,
+                                output=output, lr=lr, layer_loss=layer_loss, seed=seed,
+                                fit_tokens=fit_tokens, progress=progress)
     if _lookup(KNOWN_NORMS, model) is not None:
         report = Report(_build(model, to, keep_affine, options, _placement(model)))
         report.append(Replacement("", repr(model), repr(report.model)))
-        return report
-    report, done = Report(model), {}        # done: id(old norm) -> its replacement
+        slots = [calibration.Slot([""], [], model, report.model)]
+        root = model
+    else:
+        report, slots = Report(model), _replace_all(model, to, keep_affine, options)
+        report.extend(Replacement(s.names[0], repr(s.old), repr(s.new)) for s in slots)
+        _unfuse(model, [n for s in slots for n in s.names], report)
+        root = None
+    if calibrate is not None and slots:
+        report.calibration = calibration.run(report.model, slots, calibrate, root=root,
+                                             **tuning)
+    return report
+
+
+def _replace_all(model: nn.Module, to: str, keep_affine: bool, options: dict):
+    """Put a new layer in place of every known norm; one slot per norm, in module order."""
+    slots = {}                                  # id(old norm) -> its slot
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
             if _lookup(KNOWN_NORMS, child) is None:
                 continue
             full = f"{parent_name}.{child_name}" if parent_name else child_name
-            if id(child) not in done:           # a norm shared by two parents stays shared
-                done[id(child)] = _build(child, to, keep_affine, options,
-                                         _placement(child, parent, model))
-                report.append(Replacement(full, repr(child), repr(done[id(child)])))
-            setattr(parent, child_name, done[id(child)])
-    _unfuse(model, [r.name for r in report], report)
-    return report
+            if id(child) not in slots:          # a norm shared by two parents stays shared
+                new = _build(child, to, keep_affine, options, _placement(child, parent, model))
+                slots[id(child)] = calibration.Slot([], [], child, new)
+            slot = slots[id(child)]
+            slot.names.append(full)
+            slot.places.append((parent, child_name))
+            setattr(parent, child_name, slot.new)
+    return list(slots.values())
+
+
+def _check_calibration(calibrate, **tuning) -> dict:
+    """The calibration's options, checked; calibrate=None takes none of them."""
+    if calibrate is None:
+        given = [k for k, v in tuning.items()
+                 if k != "progress" and v is not _TUNING[k] and v != _TUNING[k]]
+        if given:
+            raise ValueError(f"{given[0]} needs calibrate (the batches to fit on), got "
+                             f"calibrate=None")
+        return tuning
+    for name in ("steps", "seed", "fit_tokens"):
+        v = tuning[name]
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+        if v < (1 if name == "fit_tokens" else 0):
+            raise ValueError(f"{name} must be {'positive' if name == 'fit_tokens' else '>= 0'}"
+                             f", got {v}")
+    for name in ("lr", "layer_loss"):
+        v = tuning[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or v < 0 or (name == "lr" and v == 0):
+            raise ValueError(f"{name} must be a finite number "
+                             f"{'> 0' if name == 'lr' else '>= 0'}, got {v!r}")
+    if tuning["fit"] not in calibration.FITS:
+        raise ValueError(f"fit must be one of {list(calibration.FITS)}, got {tuning['fit']!r}")
+    return tuning

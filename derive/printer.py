@@ -178,6 +178,11 @@ class TorchPrinter(Branches, PythonCodePrinter):
     def _print_Rational(self, expr):
         return repr(float(expr)) if expr.q != 1 else str(expr.p)
 
+    def _print_Integer(self, expr):
+        """Beyond 2^53 as a float (exact for the powers of two the rules use): torch takes no
+        Python int beyond int64 (2^64 in torch.where raises)."""
+        return str(expr.p) if abs(expr.p) <= 2**53 else repr(float(expr))
+
     def _print_NumberSymbol(self, expr):
         return repr(float(expr))
 

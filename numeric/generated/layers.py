@@ -104,7 +104,7 @@ def dyt_hvp(grad, x, alpha, weight, x_v, alpha_v, weight_v):
 def dyt_fused_forward(x, alpha, weight, bias):
     """dyt: y = bias + weight*tanh(alpha*x).
 
-    The same formulas as dyt_forward, with the kernel rules (tanh_exp) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x, grad: (rows, C) in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
+    The same formulas as dyt_forward, with the fused rules (tanh_exp) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
 
     Operations after CSE: 28.
     """
@@ -121,7 +121,7 @@ def dyt_fused_forward(x, alpha, weight, bias):
 def dyt_fused_backward(grad, x, alpha, weight):
     """dyt: the derivatives of y = bias + weight*tanh(alpha*x).
 
-    The same formulas as dyt_backward, with the kernel rules (tanh_exp, sech2_exp) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x, grad: (rows, C) in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
+    The same formulas as dyt_backward, with the fused rules (tanh_exp, sech2_exp) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
 
     Operations after CSE: 34.
     """
@@ -138,7 +138,7 @@ def dyt_fused_backward(grad, x, alpha, weight):
     grad_alpha = t1*x
     grad_weight = grad*torch.where((torch.abs(u) < 0.25), u*(t2*(t2*(t2*(0.021869488536155203*t2 - 0.05396825396825397) + 0.13333333333333333) - 0.3333333333333333) + 1), torch.where((u < 0), -t3, t3))
     grad_bias = grad
-    return grad_x.to(dtype), torch.sum(grad_alpha, dtype=torch.float64), torch.sum(grad_weight, 0, dtype=torch.float64), torch.sum(grad_bias, 0, dtype=torch.float64)
+    return grad_x.to(dtype), torch.sum(torch.sum(torch.sum(grad_alpha, 1, dtype=torch.float64), 0)), torch.sum(torch.sum(grad_weight, 1, dtype=torch.float64), 0), torch.sum(torch.sum(grad_bias, 1, dtype=torch.float64), 0)
 
 
 def dyisru_forward(x, beta, weight, bias):
@@ -233,19 +233,20 @@ def dyisru_hvp(grad, x, beta, weight, x_v, beta_v, weight_v):
 def dyisru_fused_forward(x, beta, weight, bias):
     """dyisru: y = bias + weight*x/sqrt(beta + x**2).
 
-    The same formulas as dyisru_forward, with the kernel rules (hypot_minmax) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x, grad: (rows, C) in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
+    The same formulas as dyisru_forward, with the fused rules (hypot_scaled) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
 
-    Operations after CSE: 15.
+    Operations after CSE: 18.
     """
     dtype = x.dtype
     x = torch.clamp(x.float(), -3.4028234663852886e+38, 3.4028234663852886e+38)
-    s0 = torch.abs(x)
-    s1 = torch.sqrt(beta)
-    hmax = torch.maximum(s0, s1)
-    hmin = torch.minimum(s0, s1)
-    hratio = hmin/hmax
-    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
-    q = x/h
+    s0 = torch.sqrt(beta)
+    s1 = torch.maximum(s0, torch.abs(x))
+    hk = torch.where((s1 > 4.611686018427388e+18), 1.3552527156068805e-20, torch.where((s1 < 2.168404344971009e-19), 1.2676506002282294e+30, 1))
+    s2 = x*hk
+    ha = s0*hk
+    hb = s2
+    rh = torch.rsqrt((ha * ha) + (hb * hb))
+    q = s2*rh
     y = torch.addcmul(bias, weight, q)
     return y.to(dtype)
 
@@ -253,28 +254,29 @@ def dyisru_fused_forward(x, beta, weight, bias):
 def dyisru_fused_backward(grad, x, beta, weight):
     """dyisru: the derivatives of y = bias + weight*x/sqrt(beta + x**2).
 
-    The same formulas as dyisru_backward, with the kernel rules (hypot_minmax) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x, grad: (rows, C) in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
+    The same formulas as dyisru_backward, with the fused rules (hypot_scaled) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
 
-    Operations after CSE: 25.
+    Operations after CSE: 30.
     """
     dtype = x.dtype
     x = torch.clamp(x.float(), -3.4028234663852886e+38, 3.4028234663852886e+38)
     grad = grad.float()
-    s0 = torch.abs(x)
-    s1 = torch.sqrt(beta)
-    hmax = torch.maximum(s0, s1)
-    hmin = torch.minimum(s0, s1)
-    hratio = hmin/hmax
-    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
-    s2 = (1 / h)
-    p = s1*s2
-    q = s2*x
+    s0 = torch.sqrt(beta)
+    s1 = torch.maximum(s0, torch.abs(x))
+    hk = torch.where((s1 > 4.611686018427388e+18), 1.3552527156068805e-20, torch.where((s1 < 2.168404344971009e-19), 1.2676506002282294e+30, 1))
+    s2 = s0*hk
+    s3 = x*hk
+    ha = s2
+    hb = s3
+    rh = torch.rsqrt((ha * ha) + (hb * hb))
+    p = s2*rh
+    q = s3*rh
     t0 = grad*q
-    grad_x = p*(p*(grad*weight/h))
-    grad_beta = -0.5*t0*weight/(h * h)
+    grad_x = p*(p*(grad*weight*hk*rh))
+    grad_beta = hk*(hk*(rh*(rh*(-0.5*t0*weight))))
     grad_weight = t0
     grad_bias = grad
-    return grad_x.to(dtype), torch.sum(grad_beta, dtype=torch.float64), torch.sum(grad_weight, 0, dtype=torch.float64), torch.sum(grad_bias, 0, dtype=torch.float64)
+    return grad_x.to(dtype), torch.sum(torch.sum(torch.sum(grad_beta, 1, dtype=torch.float64), 0)), torch.sum(torch.sum(grad_weight, 1, dtype=torch.float64), 0), torch.sum(torch.sum(grad_bias, 1, dtype=torch.float64), 0)
 
 
 def dyt_ln_forward(x, alpha, shift, weight, bias):
@@ -385,13 +387,13 @@ def dyt_ln_hvp(grad, x, alpha, shift, weight, x_v, alpha_v, shift_v, weight_v):
 def dyt_ln_fused_forward(x, alpha, shift, weight, bias):
     """dyt_ln: y = bias + weight*tanh(alpha*z), z = x - shift.
 
-    The same formulas as dyt_ln_forward, with the kernel rules (tanh_exp) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x, grad: (rows, C) in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
+    The same formulas as dyt_ln_forward, with the fused rules (tanh_exp) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
 
     Operations after CSE: 28.
     """
     dtype = x.dtype
     x = torch.clamp(x.float(), -3.4028234663852886e+38, 3.4028234663852886e+38)
-    z = torch.nan_to_num(x - shift, nan=torch.nan)
+    z = torch.clamp(x - shift, -3.4028234663852886e+38, 3.4028234663852886e+38)
     u = z*alpha
     e = torch.exp(-2*torch.abs(u))
     t0 = (u * u)
@@ -403,14 +405,14 @@ def dyt_ln_fused_forward(x, alpha, shift, weight, bias):
 def dyt_ln_fused_backward(grad, x, alpha, shift, weight):
     """dyt_ln: the derivatives of y = bias + weight*tanh(alpha*z), z = x - shift.
 
-    The same formulas as dyt_ln_backward, with the kernel rules (tanh_exp, sech2_exp) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x, grad: (rows, C) in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
+    The same formulas as dyt_ln_backward, with the fused rules (tanh_exp, sech2_exp) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
 
     Operations after CSE: 35.
     """
     dtype = x.dtype
     x = torch.clamp(x.float(), -3.4028234663852886e+38, 3.4028234663852886e+38)
     grad = grad.float()
-    z = torch.nan_to_num(x - shift, nan=torch.nan)
+    z = torch.clamp(x - shift, -3.4028234663852886e+38, 3.4028234663852886e+38)
     u = z*alpha
     e = torch.exp(-2*torch.abs(u))
     t0 = e + 1
@@ -423,7 +425,7 @@ def dyt_ln_fused_backward(grad, x, alpha, shift, weight):
     grad_shift = -t2
     grad_weight = grad*torch.where((torch.abs(u) < 0.25), u*(t3*(t3*(t3*(0.021869488536155203*t3 - 0.05396825396825397) + 0.13333333333333333) - 0.3333333333333333) + 1), torch.where((u < 0), -t4, t4))
     grad_bias = grad
-    return grad_x.to(dtype), torch.sum(grad_alpha, dtype=torch.float64), torch.sum(grad_shift, dtype=torch.float64), torch.sum(grad_weight, 0, dtype=torch.float64), torch.sum(grad_bias, 0, dtype=torch.float64)
+    return grad_x.to(dtype), torch.sum(torch.sum(torch.sum(grad_alpha, 1, dtype=torch.float64), 0)), torch.sum(torch.sum(torch.sum(grad_shift, 1, dtype=torch.float64), 0)), torch.sum(torch.sum(grad_weight, 1, dtype=torch.float64), 0), torch.sum(torch.sum(grad_bias, 1, dtype=torch.float64), 0)
 
 
 def dyisru_ln_forward(x, beta, shift, weight, bias):
@@ -537,20 +539,21 @@ def dyisru_ln_hvp(grad, x, beta, shift, weight, x_v, beta_v, shift_v, weight_v):
 def dyisru_ln_fused_forward(x, beta, shift, weight, bias):
     """dyisru_ln: y = bias + weight*z/sqrt(beta + z**2), z = x - shift.
 
-    The same formulas as dyisru_ln_forward, with the kernel rules (hypot_minmax) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x, grad: (rows, C) in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
+    The same formulas as dyisru_ln_forward, with the fused rules (hypot_scaled) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
 
-    Operations after CSE: 15.
+    Operations after CSE: 18.
     """
     dtype = x.dtype
     x = torch.clamp(x.float(), -3.4028234663852886e+38, 3.4028234663852886e+38)
-    z = torch.nan_to_num(x - shift, nan=torch.nan)
-    s0 = torch.abs(z)
-    s1 = torch.sqrt(beta)
-    hmax = torch.maximum(s0, s1)
-    hmin = torch.minimum(s0, s1)
-    hratio = hmin/hmax
-    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
-    q = z/h
+    z = torch.clamp(x - shift, -3.4028234663852886e+38, 3.4028234663852886e+38)
+    s0 = torch.sqrt(beta)
+    s1 = torch.maximum(s0, torch.abs(z))
+    hk = torch.where((s1 > 4.611686018427388e+18), 1.3552527156068805e-20, torch.where((s1 < 2.168404344971009e-19), 1.2676506002282294e+30, 1))
+    s2 = z*hk
+    ha = s0*hk
+    hb = s2
+    rh = torch.rsqrt((ha * ha) + (hb * hb))
+    q = s2*rh
     y = torch.addcmul(bias, weight, q)
     return y.to(dtype)
 
@@ -558,31 +561,32 @@ def dyisru_ln_fused_forward(x, beta, shift, weight, bias):
 def dyisru_ln_fused_backward(grad, x, beta, shift, weight):
     """dyisru_ln: the derivatives of y = bias + weight*z/sqrt(beta + z**2), z = x - shift.
 
-    The same formulas as dyisru_ln_backward, with the kernel rules (hypot_minmax) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x, grad: (rows, C) in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
+    The same formulas as dyisru_ln_backward, with the fused rules (hypot_scaled) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
 
-    Operations after CSE: 26.
+    Operations after CSE: 31.
     """
     dtype = x.dtype
     x = torch.clamp(x.float(), -3.4028234663852886e+38, 3.4028234663852886e+38)
     grad = grad.float()
-    z = torch.nan_to_num(x - shift, nan=torch.nan)
-    s0 = torch.abs(z)
-    s1 = torch.sqrt(beta)
-    hmax = torch.maximum(s0, s1)
-    hmin = torch.minimum(s0, s1)
-    hratio = hmin/hmax
-    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
-    s2 = (1 / h)
-    p = s1*s2
-    q = s2*z
-    t0 = p*(p*(grad*weight/h))
+    z = torch.clamp(x - shift, -3.4028234663852886e+38, 3.4028234663852886e+38)
+    s0 = torch.sqrt(beta)
+    s1 = torch.maximum(s0, torch.abs(z))
+    hk = torch.where((s1 > 4.611686018427388e+18), 1.3552527156068805e-20, torch.where((s1 < 2.168404344971009e-19), 1.2676506002282294e+30, 1))
+    s2 = s0*hk
+    s3 = z*hk
+    ha = s2
+    hb = s3
+    rh = torch.rsqrt((ha * ha) + (hb * hb))
+    p = s2*rh
+    q = s3*rh
+    t0 = p*(p*(grad*weight*hk*rh))
     t1 = grad*q
     grad_x = t0
-    grad_beta = -0.5*t1*weight/(h * h)
+    grad_beta = hk*(hk*(rh*(rh*(-0.5*t1*weight))))
     grad_shift = -t0
     grad_weight = t1
     grad_bias = grad
-    return grad_x.to(dtype), torch.sum(grad_beta, dtype=torch.float64), torch.sum(grad_shift, dtype=torch.float64), torch.sum(grad_weight, 0, dtype=torch.float64), torch.sum(grad_bias, 0, dtype=torch.float64)
+    return grad_x.to(dtype), torch.sum(torch.sum(torch.sum(grad_beta, 1, dtype=torch.float64), 0)), torch.sum(torch.sum(torch.sum(grad_shift, 1, dtype=torch.float64), 0)), torch.sum(torch.sum(grad_weight, 1, dtype=torch.float64), 0), torch.sum(torch.sum(grad_bias, 1, dtype=torch.float64), 0)
 
 
 def derf_forward(x, alpha, shift, weight, bias):
@@ -671,7 +675,7 @@ def derf_hvp(grad, x, alpha, shift, weight, x_v, alpha_v, shift_v, weight_v):
 def derf_fused_forward(x, alpha, shift, weight, bias):
     """derf: y = bias + weight*erf(alpha*x + shift).
 
-    The same formulas as derf_forward, with the kernel rules (erf_taylor) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x, grad: (rows, C) in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
+    The same formulas as derf_forward, with the fused rules (erf_taylor) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
 
     Operations after CSE: 27.
     """
@@ -687,7 +691,7 @@ def derf_fused_forward(x, alpha, shift, weight, bias):
 def derf_fused_backward(grad, x, alpha, shift, weight):
     """derf: the derivatives of y = bias + weight*erf(alpha*x + shift).
 
-    The same formulas as derf_backward, with the kernel rules (erf_taylor) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x, grad: (rows, C) in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
+    The same formulas as derf_backward, with the fused rules (erf_taylor) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
 
     Operations after CSE: 35.
     """
@@ -704,4 +708,4 @@ def derf_fused_backward(grad, x, alpha, shift, weight):
     grad_shift = t2
     grad_weight = grad*torch.where((torch.abs(u) < 0.25), u*(t1 + t3*(-0.6666666666666666*t0 + t3*(0.2*t0 + t3*(0.009259259259259259*t0*t3 - 0.047619047619047616*t0)))), torch.erf(u))
     grad_bias = grad
-    return grad_x.to(dtype), torch.sum(grad_alpha, dtype=torch.float64), torch.sum(grad_shift, dtype=torch.float64), torch.sum(grad_weight, 0, dtype=torch.float64), torch.sum(grad_bias, 0, dtype=torch.float64)
+    return grad_x.to(dtype), torch.sum(torch.sum(torch.sum(grad_alpha, 1, dtype=torch.float64), 0)), torch.sum(torch.sum(torch.sum(grad_shift, 1, dtype=torch.float64), 0)), torch.sum(torch.sum(grad_weight, 1, dtype=torch.float64), 0), torch.sum(torch.sum(grad_bias, 1, dtype=torch.float64), 0)

@@ -9,8 +9,9 @@ layers' parameters only (everything else frozen) and runs on one batch at a time
 
 1. fit, each new layer in forward order on the converted model's own activations (the
    layers before it already fitted), to the output the original model's norm gave on the
-   same tokens: its 0-dim scalars by a grid search on a sample of its tokens, then its weight
-   and bias channel by channel by least squares (the ones the norm had);
+   same tokens (``fit_tokens`` of them, from as few batches as hold that many, chosen at
+   random): its 0-dim scalars by a grid search, then its weight and bias channel by
+   channel by least squares (the ones the norm had);
 2. distil: Adam on the new layers' parameters, minimizing 1 - cosine between the converted
    and the original model's outputs (along the output's last dimension) plus, weighted by
    ``layer_loss``, each new layer's squared error to the norm it replaced, relative to that
@@ -21,6 +22,7 @@ layers' parameters only (everything else frozen) and runs on one batch at a time
 The original model is the converted one with the old norms put back in place (a context
 manager), so there is no copy of the model; at any time at most two batches' activations
 exist: the original's (no graph) and the converted one's (with its graph, while distilling).
+The fits keep, per norm, ``fit_tokens`` rows of its input and output besides.
 
 A batch is what the model takes: a tensor (``model(x)``), a tuple or list (``model(*b)``), or
 a dict of tensors: passed as keywords when every key names a parameter of the model's
@@ -173,7 +175,7 @@ class Slot:
 class LayerReport:
     """Relative RMS error |new(x) - old(x)| / |old(x)| of one new layer on its own inputs."""
     name: str
-    before: float = math.nan     # as the converter built it
+    before: float = math.nan     # as the converter built it, before the fit
     fitted: float = math.nan
     distilled: float = math.nan
 
@@ -190,10 +192,11 @@ class CalibrationReport:
     calibration: "Calibration | None" = field(default=None, repr=False)
 
     def __str__(self) -> str:
-        head = f"{'layer':<40} {'before':>9} {'fitted':>9} {'distilled':>9}"
+        w = max(len("layer"), *(len(r.name) for r in self.layers))
         lines = [f"relative RMS error of each new layer against its norm, on its own inputs "
-                 f"({self.fit} fit, {self.steps} distillation steps)", head]
-        lines += [f"{r.name:<40} {r.before:9.4g} {r.fitted:9.4g} {r.distilled:9.4g}"
+                 f"({self.fit} fit, {self.steps} distillation steps)",
+                 f"{'layer':<{w}} {'as built':>9} {'fitted':>9} {'distilled':>9}"]
+        lines += [f"{r.name:<{w}} {r.before:9.4g} {r.fitted:9.4g} {r.distilled:9.4g}"
                   for r in self.layers]
         lines += [f"held-out cosine to the original, {stage}: mean {mean:.4f}, min {low:.4f}"
                   for stage, (mean, low) in self.cosine.items()]
@@ -257,7 +260,8 @@ def fit_layer(slot: Slot, x: torch.Tensor, y: torch.Tensor) -> tuple[float, floa
         s, m = input_stats(x)
         w0 = new.weight.detach().double()
         b0 = new.bias.detach().double() if new.bias is not None else torch.zeros_like(w0)
-        xs, ys = x[:SEARCH_TOKENS], y[:SEARCH_TOKENS]
+        pick = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
+        xs, ys = x[pick[:SEARCH_TOKENS]], y[pick[:SEARCH_TOKENS]]
 
         def sse(a, b):
             _set_scalars(probe, a, b, s, m)
@@ -297,26 +301,6 @@ def _search(sse, shift: bool) -> tuple[float, float]:
         best = min(best, *((sse(a0 + i * da, b0 + j * db), a0 + i * da, b0 + j * db)
                            for i, j in steps if (i, j) != (0, 0)))
     return best[1], best[2]
-
-
-class _Reservoir:
-    """The rows of least random key seen so far, at most ``size``: a uniform sample of all
-    the rows added, in bounded memory."""
-
-    def __init__(self, size: int):
-        self.size, self.keys, self.data = size, None, None
-
-    def add(self, keys: torch.Tensor, rows: torch.Tensor) -> None:
-        if self.keys is not None:
-            keys, rows = torch.cat([self.keys, keys]), torch.cat([self.data, rows])
-        if keys.numel() > self.size:
-            keep = torch.topk(keys, self.size, largest=False).indices
-            keys, rows = keys[keep], rows[keep]
-        self.keys, self.data = keys, rows
-
-    def rows(self) -> torch.Tensor:
-        """The rows kept, in the order of their keys."""
-        return self.data[torch.argsort(self.keys)]
 
 
 # --- the calibration --------------------------------------------------------------------------
@@ -445,24 +429,24 @@ class Calibration:
             xs[k] = ys[k] = None
         self.progress.bar("fit", len(self.slots), len(self.slots))
 
-    def _keys(self, i: int, n: int) -> torch.Tensor:
-        """The random keys of batch i's n rows: the same in every pass, so every sample
-        keeps the same tokens (those of least key) in the same order."""
-        gen = torch.Generator().manual_seed(hash((self.seed, i, n)) % 2**63)
-        return torch.rand(n, generator=gen, dtype=torch.float64)
-
-    def _add(self, sample: _Reservoir, i: int, batch, t: torch.Tensor) -> None:
-        rows = _rows(t, _mask(batch, t))
-        sample.add(self._keys(i, rows.shape[0]), rows)
-
     def _original_samples(self):
-        """Per slot, samples of its norm's inputs and outputs in the original model."""
-        xs = [_Reservoir(self.fit_tokens) for _ in self.slots]
-        ys = [_Reservoir(self.fit_tokens) for _ in self.slots]
-        for i, batch in enumerate(self.batches):
+        """Per slot, its norm's inputs and outputs in the original model: the first
+        fit_tokens real tokens of the batches taken in a seeded random order (only as many
+        batches as that needs; self.fit_batches records them)."""
+        order = torch.randperm(len(self.batches),
+                               generator=torch.Generator().manual_seed(self.seed)).tolist()
+        xs, ys = [[] for _ in self.slots], [[] for _ in self.slots]
+        self.fit_batches = []
+        for i in order:
+            if all(sum(r.shape[0] for r in y) >= self.fit_tokens for y in ys):
+                break
+            batch = self.batches[i]
+            self.fit_batches.append(batch)
+
             def hook(_m, args, out, k):
-                self._add(xs[k], i, batch, args[0])
-                self._add(ys[k], i, batch, out)
+                xs[k].append(_rows(args[0], _mask(batch, out)))
+                ys[k].append(_rows(out, _mask(batch, out)))
+
             handles = [s.old.register_forward_hook(lambda m, a, o, k=k: hook(m, a, o, k))
                        for k, s in enumerate(self.slots)]
             try:
@@ -471,16 +455,15 @@ class Calibration:
             finally:
                 for h in handles:
                     h.remove()
-        return [r.rows() for r in xs], [r.rows() for r in ys]
+        cut = [torch.cat(r)[:self.fit_tokens] for r in xs], [torch.cat(r)[:self.fit_tokens]
+                                                             for r in ys]
+        return cut
 
     def _converted_sample(self, slot: Slot) -> torch.Tensor:
-        """A sample of the slot's inputs in the converted model, on the tokens of
-        _original_samples."""
-        sample = _Reservoir(self.fit_tokens)
-        for i, batch in enumerate(self.batches):
-            for x in self.capture(batch, slot, original=False, what="input"):
-                self._add(sample, i, batch, x)
-        return sample.rows()
+        """The slot's inputs in the converted model, on the tokens of _original_samples."""
+        rows = [_rows(x, _mask(batch, x)) for batch in self.fit_batches
+                for x in self.capture(batch, slot, original=False, what="input")]
+        return torch.cat(rows)[:self.fit_tokens]
 
     # -- 2. distil --
 

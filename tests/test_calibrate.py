@@ -243,17 +243,15 @@ def test_no_more_than_two_batches_of_activations_at_once():
     assert 3 <= Probe.peak <= 6
 
 
-def test_the_fit_sample_is_bounded_and_uniform():
-    """The reservoir keeps the rows of least key: the same rows however the adds are cut."""
-    g = torch.Generator().manual_seed(0)
-    keys, rows = torch.rand(100, generator=g, dtype=torch.float64), torch.randn(100, 3)
-    whole, parts = calibrate._Reservoir(10), calibrate._Reservoir(10)
-    whole.add(keys, rows)
-    for k, r in zip(keys.split(7), rows.split(7)):
-        parts.add(k, r)
-        assert parts.data.shape[0] <= 10
-    want = rows[torch.argsort(keys)[:10]]
-    assert torch.equal(whole.rows(), want) and torch.equal(parts.rows(), want)
+def test_the_fits_read_fit_tokens_rows_from_as_few_batches_as_hold_them():
+    """Batches of 4 x 6 = 24 tokens: 50 tokens take three batches (chosen at random), and
+    each layer is fitted on exactly 50 rows."""
+    report = numeric.convert(make(), "dyt_ln", calibrate=CAL, fit_tokens=50, progress=False)
+    cal = report.calibration.calibration
+    assert len(cal.fit_batches) == 3
+    assert all(any(b is c for c in CAL) for b in cal.fit_batches)
+    xs, ys = cal._original_samples()
+    assert [x.shape for x in xs] == [y.shape for y in ys] == [torch.Size([50, C])] * 3
 
 
 # -- learning rates -------------------------------------------------------------------------------

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
-from . import export, generate, render
-from .catalog import NAMES, result
+from . import cache, export, generate, render
+from .catalog import NAMES, announce, result
 from .steps import DerivationError
 
 PROG = "dynorm"
@@ -83,7 +84,79 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _print_derivation(results, fmt: str) -> None:
+    for r in results.values():
+        print(render.steps(r, fmt))
+        print()
+        print(render.formula(r, fmt))
+        print("\n" + "=" * 78 + "\n")
+
+
+def cmd_derive(args) -> int:
+    """The procedure on a user's norm: its derivation, and the export schema with --json."""
+    from .catalog import counterpart_results
+    from .procedure import counterparts
+    try:
+        results = counterpart_results(counterparts(args.norm))
+    except (ValueError, DerivationError) as e:  # a bad text, or a norm it cannot handle
+        raise UsageError(f"cannot derive {args.norm!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001  SymPy gave up on the user's formula
+        raise UsageError(f"cannot derive {args.norm!r}: SymPy failed "
+                         f"({type(e).__name__}: {e})") from None
+    _print_derivation(results, args.format)
+    if args.json:
+        Path(args.json).write_text(export.dumps(export.export(results)))
+        print(f"wrote {len(results)} results to {args.json}")
+    return 0
+
+
+def _pair(text: str, what: str) -> tuple[str, str]:
+    """NAME=VALUE split at the first '=', both sides stripped and non-empty."""
+    name, eq, value = text.partition("=")
+    if not eq or not name.strip() or not value.strip():
+        raise UsageError(f"{what} must be NAME=VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
+def cmd_generate_form(args) -> int:
+    """A standalone torch module for a formula of the user's: one line for any problem."""
+    from . import formgen
+    from .printer import UnsupportedNode
+
+    if args.check or not args.out:
+        raise UsageError("--form takes --out FILE (and not --check)")
+    name, formula = _pair(args.form, "--form")
+    inits = {}
+    for item in args.init or ():
+        sym, value = _pair(item, "--init")
+        try:
+            inits[sym] = float(value)
+        except ValueError:
+            raise UsageError(f"--init {sym}: not a number: {value!r}") from None
+    command = " ".join(["dynorm generate --form", shlex.quote(args.form),
+                        *(f"--init {shlex.quote(i)}" for i in args.init or ())])
+    try:
+        text = formgen.module(name, formula, inits, command)
+    except ValueError as e:  # the formula's text, its names, an --init
+        raise UsageError(f"--form: {e}") from None
+    except UnsupportedNode as e:
+        raise UsageError(f"--form: cannot generate {name}: {e}") from None
+    if args.out == "-":
+        sys.stdout.write(text)
+        return 0
+    try:
+        Path(args.out).write_text(text)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, args.out) from None
+    print(f"wrote {args.out}: {name}(x, weight, bias=None, **scalars) and {formgen.camel(name)}")
+    return 0
+
+
 def cmd_generate(args) -> int:
+    if args.form or args.out or args.init:
+        if not args.form:
+            raise UsageError("--out and --init go with --form NAME=EXPR")
+        return cmd_generate_form(args)
     if not args.check:
         changed = generate.write()
         print(f"{len(changed)} file(s) written" + "".join(f"\n  {p}" for p in changed))
@@ -120,8 +193,21 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="every result as JSON")
     s.add_argument("--json", required=True, metavar="FILE", help="output file, or - for stdout")
     s.set_defaults(run=cmd_export)
+    s = sub.add_parser("derive", help="the procedure on a norm of your own: its Jacobian "
+                       "and counterparts, derived and checked")
+    s.add_argument("norm", metavar="NORM",
+                   help="channel x's output, statistics as mean(...) or sum(...) over the "
+                   "channels, e.g. 'x / sqrt(mean(x**2) + epsilon)'")
+    s.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    s.add_argument("--format", **fmt)
+    s.set_defaults(run=cmd_derive)
     s = sub.add_parser("generate", help="write the generated sources and notes")
     s.add_argument("--check", action="store_true", help="exit 1 if they are stale")
+    s.add_argument("--form", metavar="NAME=EXPR",
+                   help="instead: a standalone torch module for weight * EXPR(x) + bias")
+    s.add_argument("--out", metavar="FILE", help="--form's output file, or - for stdout")
+    s.add_argument("--init", action="append", metavar="SYM=VALUE",
+                   help="--form: a scalar's initial value in the module (default 1.0)")
     s.set_defaults(run=cmd_generate)
     return p
 
@@ -143,7 +229,21 @@ def _drop_stdout() -> None:
         pass
 
 
+def _announce(name: str) -> None:
+    """Once per run, on stderr: the first derivation without the cache takes seconds."""
+    if not _announce.done:
+        _announce.done = True
+        where = cache.folder()
+        print(f"{PROG}: deriving and checking {name} and what it needs (every claim, two ways; "
+              + (f"stored in {where} for later runs)" if where else "the cache is off)"),
+              file=sys.stderr)
+
+
+_announce.done = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    announce(_announce)
     try:
         args = parser().parse_args(argv)
         if getattr(args, "format", None) == "pretty" and not _unicode_ok(sys.stdout):

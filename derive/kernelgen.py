@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from .catalog import result
-from .codegen import (BANNER, FORMS, _applies, _layer_functions, _ops, bias, grad, layer_step,
+from .codegen import (BANNER, FORMS, applies, layer_functions, op_count, bias, grad, layer_step,
                       shift, statements, template_rewrite, weight)
 from .rewrites import KERNEL_RULES, Rewritten
 from .symbols import x
@@ -64,13 +64,13 @@ def _docs(name: str) -> dict[str, str]:
 def _kernels(name: str) -> tuple[Kernel, Kernel]:
     """The forward and backward bodies: codegen's outputs (and grad_bias), kernel rules."""
     form = FORMS[name]
-    forward, _, backward, *_ = _layer_functions(name)
+    forward, _, backward, *_ = layer_functions(FORMS[name])
     d_bias = ("grad_bias", Rewritten(grad * sp.diff(layer_step(name).expr, bias)))
     outs = {"forward": forward.outputs, "backward": (*backward.outputs, d_bias)}
     done = {k: tuple((n, template_rewrite(KERNEL_RULES, f"{name}_{k}_kernel:{n}", r)) for n, r in v)
             for k, v in outs.items()}
     rules = {k: tuple(rule for rule in KERNEL_RULES
-                      if any(_applies(rule, r) for _, r in v)) for k, v in outs.items()}
+                      if any(applies(rule, r) for _, r in v)) for k, v in outs.items()}
     docs = _docs(name)
     return tuple(Kernel(name, form.params, done[k], docs[k], rules[k])
                  for k in ("forward", "backward"))
@@ -79,13 +79,15 @@ def _kernels(name: str) -> tuple[Kernel, Kernel]:
 # -- the skeleton --------------------------------------------------------------------------
 
 def _lines(kernel: Kernel, indent: str) -> tuple[list[str], int]:
-    """The printed body: the clamp, z = x - shift, temporaries, outputs; and its op count."""
-    pre = [(x, _CLAMP)] + ([(FORMS[kernel.name].var, x - shift)] if kernel.shifted else [])
+    """The printed body: the clamp, z = x - shift (clamped too: it overflows for x = 3e38,
+    shift = -1e38, see codegen.SHIFT), temporaries, outputs; and its op count."""
+    pre = [(x, _CLAMP)] + ([(FORMS[kernel.name].var, _CLAMP.subs(x, x - shift))]
+                           if kernel.shifted else [])
     assigned, body = statements(kernel.outputs)
     names = [n for n, _ in kernel.outputs]
     lines = [f"{indent}{sym} = {triton_code(value)}" for sym, value in [*pre, *assigned]]
     lines += [f"{indent}{n} = {triton_code(e)}" for n, e in zip(names, body)]
-    return lines, _ops([v for _, v in assigned] + body)
+    return lines, op_count([v for _, v in assigned] + body)
 
 
 def _docstring(kernel: Kernel, text: str, ops: int, extra: str) -> str:

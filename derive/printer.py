@@ -29,6 +29,7 @@ KNOWN_FUNCTIONS = {
     sp.cosh: "torch.cosh",
     sp.exp: "torch.exp",
     sp.Abs: "torch.abs",
+    sp.sign: "torch.sign",
     Hypot: "torch.hypot",
     expm1: "torch.expm1",
     Sigmoid: "torch.sigmoid",
@@ -93,6 +94,7 @@ class TorchPrinter(Branches, PythonCodePrinter):
         return f"{name}({', '.join(self._print(a) for a in expr.args)})"
 
     _print_tanh = _print_cosh = _print_exp = _print_Abs = _print_erf = _print_Function
+    _print_sign = _print_Function   # PythonCodePrinter's is scalar code (math.copysign)
 
     def _print_Hypot(self, expr):
         return self._print_Function(expr)

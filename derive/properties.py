@@ -1,4 +1,4 @@
-"""The facts an element-wise activation is held to (MATH.md section 6), as obligations."""
+"""The facts an element-wise activation is held to (bounded, odd, increasing, with a known slope), as obligations."""
 from __future__ import annotations
 
 import sympy as sp

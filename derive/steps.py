@@ -29,11 +29,75 @@ def _rewrite_exp(e: sp.Expr) -> sp.Expr:
     return sp.simplify(e.rewrite(sp.exp))
 
 
+def _radicands(e: sp.Expr) -> set:
+    return {q.base for q in e.atoms(sp.Pow) if not q.exp.is_integer and not q.base.is_Atom}
+
+
+def _free_radicals(e: sp.Expr) -> sp.Expr:
+    """Each radicand (base of a non-integer power) -> a free positive symbol in every power
+    of it, then cancel.
+
+    If the result is 0 for every value of those symbols, it is 0 at the bases' values:
+    a stronger claim, rational where the original has radicals, proven by cancel at once.
+    """
+    bases = _radicands(e)
+    if not bases:
+        return e
+    free = {b: sp.Dummy("r", positive=True) for b in sorted(bases, key=sp.default_sort_key)}
+    return sp.cancel(e.replace(lambda q: q.is_Pow and q.base in free,
+                               lambda q: free[q.base] ** q.exp))
+
+
+def _factored_radicals(e: sp.Expr) -> sp.Expr:
+    """Factor each radicand first, in every power of it (sqrt((n+1)^2 P) = (n+1) sqrt(P)
+    for n + 1 > 0), so that equal radicands written differently become one; then free
+    them as above."""
+    bases = _radicands(e)
+    return _free_radicals(e.replace(lambda q: q.is_Pow and q.base in bases,
+                                    lambda q: sp.factor(q.base) ** q.exp))
+
+
+def _abs_term(term: sp.Expr) -> sp.Expr:
+    """In one product: t^k sign(t) -> t^(k-1) |t|, then t^(2j) |t|^q -> |t|^(2j+q)."""
+    for f in sp.Mul.make_args(term):
+        if isinstance(f, sp.sign):
+            t = f.args[0]
+            k = sp.S(term.as_powers_dict().get(t, 0))
+            if k.is_Integer and k >= 1:
+                term = term / (f * t) * sp.Abs(t)
+    powers = term.as_powers_dict()
+    for a in [f for f in powers if isinstance(f, sp.Abs)]:
+        k = sp.S(powers.get(a.args[0], 0))
+        if k.is_Integer and k % 2 == 0 and k > 0:
+            term = term / a.args[0] ** k * a ** k
+    return term
+
+
+def abs_products(e: sp.Expr) -> sp.Expr:
+    """t sign(t) -> |t| and t^2 |t| -> |t|^3 in each term, t real (the derivative of
+    |t|^p brings sign(t))."""
+    return sp.Add(*(_abs_term(t) for t in sp.Add.make_args(sp.expand(e))))
+
+
+def _signs(e: sp.Expr) -> sp.Expr:
+    return sp.cancel(abs_products(e)) if e.has(sp.sign) else e
+
+
+def _powers(e: sp.Expr) -> sp.Expr:
+    """(a b)^q -> a^q b^q and (a^r)^q -> a^(r q) where the assumptions allow, then
+    a a^(q-1) -> a^q: symbolic exponents (a p-norm's) that cancel cannot see."""
+    return sp.cancel(sp.powsimp(sp.expand(sp.powdenest(sp.expand_power_base(e)))))
+
+
 #: Tried in order, cheapest first; the first that yields 0 proves the claim.
 _REDUCERS: tuple[Callable[[sp.Expr], sp.Expr], ...] = (
     lambda e: e,
+    _free_radicals,
+    _factored_radicals,
     sp.expand,
     sp.cancel,
+    _signs,
+    _powers,
     sp.simplify,
     _rewrite_exp,
     lambda e: sp.simplify(e.rewrite(sp.erf)),   # erfc(u) = 1 - erf(u)
@@ -76,7 +140,10 @@ def random_points(symbols, n: int = POINTS, seed: int = _SEED) -> list[dict]:
 
 
 def evaluate(e: sp.Expr, point: dict):
-    return sp.N(sp.sympify(e).subs(point).doit(), DIGITS)
+    """e at the point, to DIGITS digits (rationals enter as floats of more digits: an
+    exact rational power would factor its integers)."""
+    floats = {k: q if q.is_Integer else sp.N(q, DIGITS + 10) for k, q in point.items()}
+    return sp.N(sp.sympify(e).xreplace(floats).doit(), DIGITS)
 
 
 def close(a, b, rel: float = 1e-30) -> bool:

@@ -1,12 +1,15 @@
-"""The canonical symbols of MATH.md section 1, each created once with its assumptions.
+"""The canonical symbols, each created once with its assumptions.
 
 ``ASSUMPTIONS`` is the single source: the export writes it, ``symbol(name)`` reads it,
-and ``parse`` turns an exported string back into the same expression. ``MEANINGS`` says
-what each symbol stands for, helpers included: the legend of a printed derivation.
+and ``parse`` turns an exported string back into the same expression (and reads a user's
+norm). ``MEANINGS`` says what each symbol stands for, helpers included: the legend of a
+printed derivation.
 """
 from __future__ import annotations
 
 import sympy as sp
+
+from . import parser as _parser
 
 #: name -> assumptions, exactly as the symbols are created (and exported).
 ASSUMPTIONS: dict[str, dict[str, bool]] = {
@@ -26,6 +29,9 @@ ASSUMPTIONS: dict[str, dict[str, bool]] = {
     "m": {"real": True},
     "Q": {"nonnegative": True},
     "shift": {"real": True},
+    "R": {"nonnegative": True},
+    "p": {"positive": True},
+    "g": {"positive": True},
 }
 
 #: name -> what the symbol stands for, for every symbol a derivation prints (the legend).
@@ -46,12 +52,18 @@ MEANINGS: dict[str, str] = {
     "m": "the mean of the channels j != i",
     "Q": "the sum over the channels j != i of (x_j - m)^2",
     "shift": "an input shift: Derf's inner shift, erf(alpha x + shift)",
-    "R": "RMSNorm: the sum of x_j^2 over the channels other than i and k",
-    "T": "LayerNorm: the sum of x_j over the channels other than i and k",
-    "U": "LayerNorm: the sum of x_j^2 over the channels other than i and k",
+    "R": "the sum over the channels j != i of a statistic's summand h(x_j) (|x_j|^p for a p-norm)",
+    "T": "the sum of a statistic's summand over the channels other than i and k",
+    "T_1": "the sum of the first statistic's summand over the channels other than i and k",
+    "T_2": "the sum of the second statistic's summand over the channels other than i and k",
+    "p": "the p-norm's exponent",
+    "g": "ScaleNorm's gain",
     "n": "C - 1, a positive integer (the LayerNorm forms need C >= 2)",
-    "u": "an integration variable",
-    "v": "an integration variable",
+    "u": "a scaled variable on the positive branch: y divided by the bound",
+    "v": "the integration variable, on the branch 0 < v < y",
+    "w": "|x - x0|, one side of the form's centre x0",
+    "t": "(x - x0)/k, where G(y) = k H(y/bound) is inverted",
+    "z": "x - x0, the input measured from the form's shift",
     "K": "the integration constant of the DyISRU family",
 }
 
@@ -59,26 +71,30 @@ _TABLE = {name: sp.Symbol(name, **a) for name, a in ASSUMPTIONS.items()}
 
 
 def symbol(name: str) -> sp.Symbol:
-    """The canonical symbol called ``name`` (KeyError for a name MATH.md does not fix)."""
+    """The canonical symbol called ``name`` (KeyError for a name not in ASSUMPTIONS)."""
     return _TABLE[name]
 
 
-def parse(text: str) -> sp.Expr:
-    """Parse an exported expression string back with the canonical symbols."""
-    return sp.sympify(text, locals=dict(_TABLE))
+def parse(text: str) -> sp.Basic:
+    """Parse text (an exported expression, a user's norm) over the canonical symbols.
+
+    Never evaluates Python: see :mod:`derive.parser` for the whitelist. ParseError (a
+    ValueError) names an unknown name or construct.
+    """
+    return _parser.parse(text, _TABLE)
 
 
-x, x_k, y, y_k, C, epsilon, sigma, S, beta, alpha, gamma, mu, s, m, Q, shift = (
+x, x_k, y, y_k, C, epsilon, sigma, S, beta, alpha, gamma, mu, s, m, Q, shift, R, p, g = (
     _TABLE[n] for n in ASSUMPTIONS
 )
 
-# Helpers of the general-C Jacobian derivations and of the ODE steps (MEANINGS says what).
-R = sp.Symbol("R", nonnegative=True)
-T = sp.Symbol("T", real=True)
-U = sp.Symbol("U", nonnegative=True)
 # C >= 2 (LayerNorm's forms need C - 1 > 0): C = n + 1 with n a positive integer.
 n = sp.Symbol("n", integer=True, positive=True)
 C_AT_LEAST_2 = {C: n + 1}
-u = sp.Symbol("u", real=True)
-v = sp.Symbol("v", real=True)
-K = sp.Symbol("K", positive=True)
+# Variables of the ODE steps.
+u = sp.Symbol("u", positive=True)     # a scaled variable on the positive branch: y / bound
+v = sp.Symbol("v", positive=True)     # the integration variable, on the branch 0 < v < y
+w = sp.Symbol("w", positive=True)     # |x - x0|, to look at one side of x0
+t = sp.Symbol("t", positive=True)     # (x - x0) / k, when G(y) = k H(y / bound) is inverted
+z = sp.Symbol("z", real=True)         # x - x0, the input measured from the form's shift
+K = sp.Symbol("K", positive=True)     # the integration constant of the DyISRU family

@@ -7,10 +7,10 @@ Needs torch (and numpy); never imports SymPy.
     >>> layer(torch.randn(2, 8)).shape
     torch.Size([2, 8])
 """
-from . import functional
+from . import distributed, functional
 from .convert import convert
 from .layers import Derf, DyISRU, DyISRULN, DyT, DyTLN, llama_alpha_init
 from .norms import LayerNorm, RMSNorm
 
-__all__ = ["functional", "convert", "DyT", "DyISRU", "DyTLN", "DyISRULN", "Derf", "LayerNorm",
+__all__ = ["functional", "distributed", "convert", "DyT", "DyISRU", "DyTLN", "DyISRULN", "Derf", "LayerNorm",
            "RMSNorm", "llama_alpha_init"]

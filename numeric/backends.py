@@ -110,8 +110,8 @@ def _in(ct, tensors):
 def _blocks(x: torch.Tensor):
     """Slices of rows of x as (rows, C) when x is worth splitting (a large CPU input op by
     op, outside torch.compile), else None."""
-    if (x.dim() == 0 or x.numel() <= BLOCK_ELEMENTS or x.device.type != "cpu"
-            or torch.compiler.is_compiling()):
+    if (torch.compiler.is_compiling() or x.dim() == 0 or x.device.type != "cpu"
+            or x.numel() <= BLOCK_ELEMENTS):   # traced: no guard on the size
         return None
     rows, C = x.numel() // x.shape[-1], x.shape[-1]
     step = max(1, BLOCK_ELEMENTS // max(C, 1))

@@ -60,8 +60,24 @@ def _channels(t, what: str, x: torch.Tensor, optional: bool = False):
     return t
 
 
+def _value(v: float, what: str) -> None:
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"{what} must be finite, got {v!r}")
+    if what in POSITIVE and v <= 0:
+        raise ValueError(f"{what} must be positive, got {v!r}")
+
+
+def _readable(v: torch.Tensor) -> bool:
+    """A tensor whose value can be read here at no cost: on the CPU (no device sync), not
+    traced by torch.compile or torch.export, not wrapped by a torch.func transform."""
+    return (v.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not torch._C._functorch.is_functorch_wrapped_tensor(v))
+
+
 def _scalar(v, what: str, x: torch.Tensor) -> torch.Tensor:
-    """A scalar parameter as a 0-dim tensor on x's device; numbers are checked here."""
+    """A scalar parameter as a 0-dim tensor on x's device; numbers are checked here, and so
+    are CPU tensors' values (a CUDA tensor's value is not read: that would wait for the
+    device at every call)."""
     if isinstance(v, torch.Tensor):
         if v.dim() != 0:
             raise ValueError(f"{what} must be a number or a 0-dim tensor, got shape "
@@ -70,14 +86,13 @@ def _scalar(v, what: str, x: torch.Tensor) -> torch.Tensor:
             raise TypeError(f"{what} must be a floating-point tensor, got {v.dtype}")
         if v.device != x.device:
             raise ValueError(f"{what} is on {v.device}, x on {x.device}")
+        if _readable(v):
+            _value(v.item(), what)
         return v
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{what} must be a number or a 0-dim tensor, got {type(v).__name__}")
     v = float(v)
-    if v != v or v in (float("inf"), float("-inf")):
-        raise ValueError(f"{what} must be finite, got {v!r}")
-    if what in POSITIVE and v <= 0:
-        raise ValueError(f"{what} must be positive, got {v!r}")
+    _value(v, what)
     return torch.tensor(v, dtype=compute_dtype(x.dtype), device=x.device)
 
 
@@ -123,13 +138,31 @@ def derf(x, alpha, shift, weight, bias=None):
     return fn.apply(*args)
 
 
+def check_eps(eps, allow_none: bool = False) -> float | None:
+    """eps as a float: a real number, finite and >= 0 (None kept where torch accepts it)."""
+    if eps is None and allow_none:
+        return None
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number{' or None' if allow_none else ''}, "
+                        f"got {type(eps).__name__}")
+    eps = float(eps)
+    if eps != eps or eps in (float("inf"), float("-inf")) or eps < 0:
+        raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
+    return eps
+
+
 def _norm(name: str, x, weight, bias, eps):
-    """The norm (generated forward and VJP), then the affine part, in the compute dtype."""
+    """The norm (generated forward and VJP), then the affine part, in the compute dtype.
+    eps None: the compute dtype's machine epsilon (torch's RMSNorm default)."""
     x = _input(x)
+    if x.shape[-1] == 0:
+        raise ValueError(f"x must have at least one channel (last dimension), got shape "
+                         f"{tuple(x.shape)}")
     weight = _channels(weight, "weight", x, optional=True)
     bias = _channels(bias, "bias", x, optional=True)
     ct = compute_dtype(x.dtype)
-    y = NORMS[name].apply(x.to(ct), float(eps))
+    eps = check_eps(eps, allow_none=name == "rmsnorm")
+    y = NORMS[name].apply(x.to(ct), torch.finfo(ct).eps if eps is None else eps)
     if weight is not None:
         y = y * weight.to(ct)
     if bias is not None:
@@ -138,10 +171,12 @@ def _norm(name: str, x, weight, bias, eps):
 
 
 def rms_norm(x, weight=None, eps=1e-6):
-    """RMSNorm over the last dimension, forward and backward from the derived Jacobian."""
+    """RMSNorm over the last dimension, forward and backward from the derived Jacobian.
+    eps: finite and >= 0, or None for the compute dtype's machine epsilon (as torch's)."""
     return _norm("rmsnorm", x, weight, None, eps)
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
-    """LayerNorm over the last dimension, forward and backward from the derived Jacobian."""
+    """LayerNorm over the last dimension, forward and backward from the derived Jacobian.
+    eps: finite and >= 0."""
     return _norm("layernorm", x, weight, bias, eps)

@@ -26,7 +26,6 @@ import os
 
 import torch
 
-from .generated.forms import FORMS
 
 #: Forward: elements per program of the 1-D grid.
 BLOCK = 1024

@@ -7,6 +7,7 @@ Parameter names follow torch: ``weight`` (C,), ``bias`` (C,) or None; the scalar
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -27,7 +28,7 @@ def llama_alpha_init(width: int, block: str = "attention") -> float:
     """
     if block not in _BLOCKS:
         raise ValueError(f"block must be one of {sorted(_BLOCKS)}, got {block!r}")
-    width = _size(width, "width")
+    width = check_size(width, "width")
     col = _BLOCKS[block]
     ws = sorted(LLAMA_ALPHA)
     if width <= ws[0] or width >= ws[-1]:
@@ -40,7 +41,7 @@ def llama_alpha_init(width: int, block: str = "attention") -> float:
     return (1 - t) * LLAMA_ALPHA[lo][col] + t * LLAMA_ALPHA[hi][col]
 
 
-def _size(n, name: str) -> int:
+def check_size(n, name: str) -> int:
     if isinstance(n, (tuple, list, torch.Size)):
         if len(n) != 1:
             raise ValueError(f"{name} must be one size (the last dimension), got {tuple(n)}")
@@ -50,17 +51,43 @@ def _size(n, name: str) -> int:
     return n
 
 
+def _real(v, name: str) -> float:
+    """v as a float: a real number (not a bool, a tensor, a list or None)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    return float(v)
+
+
 def _positive(v, name: str) -> float:
-    v = float(v)
+    v = _real(v, name)
     if not math.isfinite(v) or v <= 0:
         raise ValueError(f"{name} must be positive and finite, got {v!r}")
     return v
 
 
 def _finite(v, name: str) -> float:
-    v = float(v)
+    v = _real(v, name)
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {v!r}")
+    return v
+
+
+def _param_dtype(dtype) -> torch.dtype:
+    """The parameters' dtype: a floating-point torch.dtype (None: torch's default)."""
+    if dtype is None:
+        return torch.get_default_dtype()
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    return dtype
+
+
+def _in_range(v: float, name: str, dtype: torch.dtype) -> float:
+    """v if dtype holds it: 0, or a magnitude from finfo.tiny to finfo.max (neither an
+    overflow to inf nor a silent underflow to 0 or a subnormal)."""
+    fi = torch.finfo(dtype)
+    if v != 0 and not fi.tiny <= abs(v) <= fi.max:
+        raise ValueError(f"{name}={v!r} is out of the range of {dtype} parameters "
+                         f"(magnitudes {fi.tiny:.4g} to {fi.max:.4g}, or 0)")
     return v
 
 
@@ -82,8 +109,12 @@ class _Elementwise(nn.Module):
     def __init__(self, normalized_shape, scalars: dict[str, float], weight_init: float,
                  bias: bool, device, dtype):
         super().__init__()
-        self.normalized_shape = (_size(normalized_shape, "normalized_shape"),)
+        self.normalized_shape = (check_size(normalized_shape, "normalized_shape"),)
         self._inits = dict(scalars, weight=_finite(weight_init, "weight_init"))
+        dtype = _param_dtype(dtype)
+        for name, value in self._inits.items():
+            if name != "log_beta":                 # beta_init: checked by _log_beta_init
+                _in_range(value, f"{name}_init", dtype)
         kw = {"device": device, "dtype": dtype}
         for name in scalars:
             setattr(self, name, nn.Parameter(torch.empty((), **kw)))
@@ -167,10 +198,47 @@ class DyT(_Elementwise):
         return super().extra_repr() + ("" if self.channels_last else ", channels_last=False")
 
 
+def log_beta_bound(dtype: torch.dtype) -> float:
+    """B such that beta = exp(log_beta) is held in [exp(-B), exp(B)] for parameters of
+    dtype: B = log(finfo.max) / 2 of beta's compute dtype (float32, or float64 for float64
+    parameters), i.e. beta from 5.4e-20 to 1.8e19 in float32 (7.5e-155 to 1.3e154 in
+    float64). See ``_effective_beta``."""
+    return math.log(torch.finfo(F.compute_dtype(dtype)).max) / 2
+
+
+def _log_beta_init(beta_init, default: float, dtype) -> float:
+    """log(beta_init), beta_init checked against the range ``_effective_beta`` holds."""
+    beta = _positive(default if beta_init is None else beta_init, "beta_init")
+    dtype = _param_dtype(dtype)
+    bound = log_beta_bound(dtype)
+    if abs(math.log(beta)) > bound:
+        raise ValueError(f"beta_init={beta!r} is out of the range of beta for {dtype} "
+                         f"parameters ({math.exp(-bound):.4g} to {math.exp(bound):.4g})")
+    return math.log(beta)
+
+
 def _effective_beta(log_beta: torch.Tensor) -> torch.Tensor:
-    """exp(log_beta) clamped to its dtype's [tiny, max]: positive and finite always."""
-    fi = torch.finfo(log_beta.dtype)
-    return torch.exp(log_beta).clamp(fi.tiny, fi.max)
+    """beta = exp(log_beta), computed in float32 (float64 for a float64 log_beta) whatever
+    the parameter's dtype, with log_beta held in [-B, B] (``log_beta_bound``) by a
+    straight-through clamp: the value is the clamped one, the gradient that of exp at it,
+    d beta / d log_beta = beta, inside the range and beyond it alike.
+
+    Why so: exp in float16 overflows at log_beta = 11.1 (beta = 65504), and the clamp of an
+    overflowed or underflowed exp has a zero gradient (or inf * 0 = NaN): a log_beta pushed
+    out of range by one large step would stay there, or turn NaN. In float32, exp neither
+    overflows nor underflows for any log_beta in range, whatever the parameter's dtype; the
+    straight-through gradient is never zeroed by the clamp (a soft bound's would vanish far
+    out), so an optimizer that overshot sees the slope of the loss at the bound and can come
+    back. B = log(finfo.max)/2 keeps beta, beta + x^2 for |x| up to sqrt(finfo.max), and
+    dy/dbeta ~ x / beta^(3/2) in range, so the gradient of log_beta, beta * dL/dbeta, is
+    neither inf nor an underflowed 0 for inputs of ordinary size (at beta = finfo.max,
+    dy/dbeta ~ 1e-58 x underflows to 0 in float32 for every |x| below 1e13). A larger beta
+    would only matter for inputs beyond finfo.max^(1/4) (4e9 in float32)."""
+    ct = F.compute_dtype(log_beta.dtype)
+    bound = log_beta_bound(log_beta.dtype)
+    lb = log_beta.to(ct)
+    held = lb.detach().clamp(-bound, bound)           # a NaN stays NaN, +-inf -> +-B
+    return torch.exp(held + torch.nan_to_num(lb - lb.detach(), nan=0.0))  # value: held
 
 
 class DyISRU(_Elementwise):
@@ -179,22 +247,24 @@ class DyISRU(_Elementwise):
     RMSNorm's channel i is exactly sqrt(C) x / sqrt(beta + x^2) with beta = S + C eps
     (S the other channels' sum of squares); promoting beta to one parameter gives this layer.
     Defaults from the derivation: weight = sqrt(C), beta = C (RMSNorm on unit-RMS inputs).
-    beta is held as log_beta and read through ``beta``, positive and finite under any update.
+    beta is held as log_beta and read through ``beta``, positive and finite under any update:
+    exp(log_beta) in float32 (float64 for float64 parameters), from 5.4e-20 to 1.8e19 in
+    float32, with a gradient that the bounds never zero (``_effective_beta``).
 
     Shapes: x (..., C) -> (..., C); log_beta (), weight (C,), bias (C,) or None.
     """
 
     def __init__(self, normalized_shape, *, beta_init: float | None = None,
                  weight_init: float | None = None, bias: bool = True, device=None, dtype=None):
-        c = _size(normalized_shape, "normalized_shape")
-        beta_init = _positive(c if beta_init is None else beta_init, "beta_init")
-        super().__init__(c, {"log_beta": math.log(beta_init)},
+        c = check_size(normalized_shape, "normalized_shape")
+        super().__init__(c, {"log_beta": _log_beta_init(beta_init, c, dtype)},
                          math.sqrt(c) if weight_init is None else weight_init,
                          bias, device, dtype)
 
     @property
     def beta(self) -> torch.Tensor:
-        """The effective beta (0-dim): exp(log_beta), clamped to stay positive and finite."""
+        """The effective beta (0-dim, float32 or float64): exp(log_beta), held in range
+        (``_effective_beta``)."""
         return _effective_beta(self.log_beta)
 
     @classmethod
@@ -209,7 +279,17 @@ class DyISRU(_Elementwise):
         return F.dyisru(x, self.beta, self.weight, self.bias)
 
 
-class DyTLN(_Elementwise):
+class _AlphaShift(_Elementwise):
+    """A layer with a positive scale ``alpha`` and a ``shift`` (0-dim each): DyTLN, Derf."""
+
+    def __init__(self, normalized_shape, *, alpha_init: float = 0.5, shift_init: float = 0.0,
+                 weight_init: float = 1.0, bias: bool = True, device=None, dtype=None):
+        super().__init__(normalized_shape, {"alpha": _positive(alpha_init, "alpha_init"),
+                                            "shift": _finite(shift_init, "shift_init")},
+                         weight_init, bias, device, dtype)
+
+
+class DyTLN(_AlphaShift):
     """DyT's LayerNorm form: y = weight * tanh(alpha * (x - shift)) + bias.
 
     From LayerNorm with mu and s frozen: alpha = sqrt(C-1)/(C s), gamma = sqrt(C-1), and the
@@ -218,11 +298,6 @@ class DyTLN(_Elementwise):
     Shapes: x (..., C) -> (..., C); alpha (), shift (), weight (C,), bias (C,) or None.
     """
 
-    def __init__(self, normalized_shape, *, alpha_init: float = 0.5, shift_init: float = 0.0,
-                 weight_init: float = 1.0, bias: bool = True, device=None, dtype=None):
-        super().__init__(normalized_shape, {"alpha": _positive(alpha_init, "alpha_init"),
-                                            "shift": _finite(shift_init, "shift_init")},
-                         weight_init, bias, device, dtype)
 
     @classmethod
     def from_sample(cls, sample: torch.Tensor, **kwargs) -> "DyTLN":
@@ -238,7 +313,7 @@ class DyTLN(_Elementwise):
 
 
 def _at_least_2(c) -> int:
-    c = _size(c, "normalized_shape")
+    c = check_size(c, "normalized_shape")
     if c < 2:
         raise ValueError(f"normalized_shape must be at least 2 for a LayerNorm form, got {c}")
     return c
@@ -258,8 +333,7 @@ class DyISRULN(_Elementwise):
                  shift_init: float = 0.0, weight_init: float | None = None, bias: bool = True,
                  device=None, dtype=None):
         c = _at_least_2(normalized_shape)
-        beta_init = _positive(c if beta_init is None else beta_init, "beta_init")
-        super().__init__(c, {"log_beta": math.log(beta_init),
+        super().__init__(c, {"log_beta": _log_beta_init(beta_init, c, dtype),
                              "shift": _finite(shift_init, "shift_init")},
                          math.sqrt(c - 1) if weight_init is None else weight_init,
                          bias, device, dtype)
@@ -278,7 +352,7 @@ class DyISRULN(_Elementwise):
         return F.dyisru_ln(x, self.beta, self.shift, self.weight, self.bias)
 
 
-class Derf(_Elementwise):
+class Derf(_AlphaShift):
     """Derf (Chen et al. 2025): y = weight * erf(alpha * x + shift) + bias.
 
     Not derived from a norm; its inner shift is the LayerNorm forms' input shift
@@ -287,11 +361,6 @@ class Derf(_Elementwise):
     Shapes: x (..., C) -> (..., C); alpha (), shift (), weight (C,), bias (C,) or None.
     """
 
-    def __init__(self, normalized_shape, *, alpha_init: float = 0.5, shift_init: float = 0.0,
-                 weight_init: float = 1.0, bias: bool = True, device=None, dtype=None):
-        super().__init__(normalized_shape, {"alpha": _positive(alpha_init, "alpha_init"),
-                                            "shift": _finite(shift_init, "shift_init")},
-                         weight_init, bias, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)

@@ -4,27 +4,12 @@ torch.nn.LayerNorm, which checks the Jacobians against an implementation written
 """
 from __future__ import annotations
 
-import math
-from numbers import Real
-
 import torch
 from torch import nn
 
 from . import functional as F
-from .layers import _size
-
-
-def _eps(eps, allow_none: bool = False) -> float | None:
-    """eps as a float: finite and >= 0 (None kept where torch accepts it)."""
-    if eps is None and allow_none:
-        return None
-    if isinstance(eps, bool) or not isinstance(eps, Real):
-        raise TypeError(f"eps must be a real number{' or None' if allow_none else ''}, "
-                        f"got {type(eps).__name__}")
-    eps = float(eps)
-    if not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
-    return eps
+from .functional import check_eps
+from .layers import check_size
 
 
 class _Norm(nn.Module):
@@ -33,7 +18,7 @@ class _Norm(nn.Module):
 
     def __init__(self, normalized_shape, eps, weight: bool, bias: bool, device, dtype):
         super().__init__()
-        self.normalized_shape = (_size(normalized_shape, "normalized_shape"),)
+        self.normalized_shape = (check_size(normalized_shape, "normalized_shape"),)
         self.eps = eps
         kw = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(self.normalized_shape, **kw)) if weight else None
@@ -72,13 +57,12 @@ class RMSNorm(_Norm):
 
     def __init__(self, normalized_shape, eps: float | None = None,
                  elementwise_affine: bool = True, device=None, dtype=None):
-        super().__init__(normalized_shape, _eps(eps, allow_none=True), elementwise_affine,
+        super().__init__(normalized_shape, check_eps(eps, allow_none=True), elementwise_affine,
                          False, device, dtype)
 
     def forward(self, x):
         self._check_input(x)
-        eps = torch.finfo(F.compute_dtype(x.dtype)).eps if self.eps is None else self.eps
-        return F.rms_norm(x, self.weight, eps)
+        return F.rms_norm(x, self.weight, self.eps)
 
 
 class LayerNorm(_Norm):
@@ -89,7 +73,7 @@ class LayerNorm(_Norm):
 
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True,
                  bias: bool = True, device=None, dtype=None):
-        super().__init__(normalized_shape, _eps(eps), elementwise_affine,
+        super().__init__(normalized_shape, check_eps(eps), elementwise_affine,
                          elementwise_affine and bias, device, dtype)
 
     def forward(self, x):

@@ -1,5 +1,6 @@
-"""The property tests' checks: a layer form's outputs, first and second derivatives against
-the catalog in mpmath (tests/reference.py), through the one tolerance table."""
+"""The property tests' checks on numeric's layer forms: outputs, first and second
+derivatives against the catalog in mpmath, through the one tolerance table (all of it in
+derive.testing, here called with numeric's functional signature f(x, *scalars, w, b))."""
 from __future__ import annotations
 
 import math
@@ -8,9 +9,9 @@ from contextlib import contextmanager
 import pytest
 import torch
 
+from derive import testing as T
 from numeric import functional as F
 from tests import reference as R
-from tests.tolerances import assert_close
 
 FUNCS = {name: getattr(F, name) for name in R.FORMS}
 
@@ -25,87 +26,32 @@ def backend(name: str):
         F.set_backend(previous)
 
 
-def leaves(x, scalars, w, b):
-    return ([t.clone().requires_grad_(True) for t in (x, *scalars, w)]
-            + [None if b is None else b.clone().requires_grad_(True)])
+def keywords(name, fn=None):
+    """fn (numeric's functional for ``name`` by default), called as assert_matches calls an
+    implementation: fn(x, weight, bias, **scalars)."""
+    fn = fn or FUNCS[name]
+    scalars = [p.name for p in R.params(name)]
+    return lambda x, weight, bias, **s: fn(x, *(s[p] for p in scalars), weight, bias)
 
 
 def first_order(name, x, scalars, w, b, g, fn=None):
     """y and the gradients (x, [scalars], weight, bias or None) of ``fn`` (numeric's)."""
-    xl, *sl, wl, bl = leaves(x, scalars, w, b)
-    y = (fn or FUNCS[name])(xl, *sl, wl, bl)
-    y.backward(g)
-    return y, xl.grad, [s.grad for s in sl], wl.grad, (bl.grad if bl is not None else None)
-
-
-def _inputs(name, x, scalars):
-    return {"x": x, **{p.name: s for p, s in zip(R.params(name), scalars)}}
+    return T.first_order(keywords(name, fn), name, x, scalars, w, b, g)
 
 
 def check_first(name, x, scalars, w, b, g, fn=None):
     """Output and every gradient against the catalog."""
-    y, gx, gs, gw, gb = first_order(name, x, scalars, w, b, g, fn)
-    assert y.dtype == x.dtype and y.shape == x.shape and y.device == x.device
-    ev = lambda what: R.evaluate(name, what, x, scalars, w, b).to(x.device)  # noqa: E731
-    f = ev("f")
-    w64 = w.double()
-    b64 = b.double() if b is not None else torch.zeros_like(w64)
-    inputs = _inputs(name, x, scalars)
-    assert_close(y, ev("y"), scale=(w64 * f).abs() + b64.abs(), dtype=x.dtype, inputs=inputs,
-                 what=f"{name} y")
-    g64 = g.double()
-    dx = g64 * ev("d_x")
-    assert_close(gx, dx, scale=dx.abs(), dtype=x.dtype, inputs=inputs, what=f"{name} grad x")
-    for p, s, got in zip(R.params(name), scalars, gs):
-        terms = g64 * ev(f"d_{p.name}")
-        assert_close(got, terms.sum(), scale=terms.abs().sum(), dtype=s.dtype,
-                     what=f"{name} grad {p.name}")
-    C = x.shape[-1]
-    terms = (g64 * f).reshape(-1, C)
-    assert_close(gw, terms.sum(0), scale=terms.abs().sum(0), dtype=w.dtype,
-                 what=f"{name} grad weight")
-    if b is not None:
-        gg = g64.reshape(-1, C)
-        assert_close(gb, gg.sum(0), scale=gg.abs().sum(0), dtype=b.dtype, what=f"{name} grad bias")
+    T.check_first(keywords(name, fn), name, x, scalars, w, b, g)
 
 
 def second_order(name, x, scalars, w, b, g, v, fn=None):
-    """The double backward along v = (v_x, [v_scalars], v_weight), each in its input's dtype:
-    the gradient of <first-order gradients, v> in x, each scalar, weight and the upstream
-    gradient g (a Hessian-vector product, and the forward-mode product in g)."""
-    xl, *sl, wl, bl = leaves(x, scalars, w, b)
-    gl = g.clone().requires_grad_(True)
-    y = (fn or FUNCS[name])(xl, *sl, wl, bl)
-    ins = [xl, *sl, wl]
-    grads = torch.autograd.grad(y, ins, gl, create_graph=True)
-    dot = sum((gr.double() * vv.double()).sum() for gr, vv in zip(grads, v))
-    return torch.autograd.grad(dot, [*ins, gl])
+    """The double backward along v (see derive.testing.second_order)."""
+    return T.second_order(keywords(name, fn), name, x, scalars, w, b, g, v)
 
 
 def check_second(name, x, scalars, w, b, g, v, fn=None):
-    """Every second derivative along v against the catalog's, summed as autograd sums them:
-    h_a = sum over elements of g * sum_b v_b d2y/(da db); and in g, sum_b v_b dy/db."""
-    *got, got_g = second_order(name, x, scalars, w, b, g, v, fn)
-    names = [a.name for a in R.wrt(name)]
-    ev = lambda what: R.evaluate(name, what, x, scalars, w, b).to(x.device)  # noqa: E731
-    g64, C = g.double(), x.shape[-1]
-    v64 = [t.double() for t in v]
-    inputs = _inputs(name, x, scalars)
-    for a, out, like in zip(names, got, (x, *scalars, w)):
-        parts = [g64 * ev(f"d2_{a}_{bn}") * v64[j] for j, bn in enumerate(names)]
-        terms, size = sum(parts), sum(p.abs() for p in parts)
-        if a == "x":
-            ref, scale = terms, size
-        elif a == "weight":
-            ref, scale = terms.reshape(-1, C).sum(0), size.reshape(-1, C).sum(0)
-        else:
-            ref, scale = terms.sum(), size.sum()
-        assert out.dtype == like.dtype, (a, out.dtype, like.dtype)
-        assert_close(out, ref, scale=scale, dtype=like.dtype,
-                     inputs=inputs if a == "x" else None, what=f"{name} second derivative in {a}")
-    parts = [ev(f"d_{bn}") * v64[j] for j, bn in enumerate(names)]
-    assert_close(got_g, sum(parts), scale=sum(p.abs() for p in parts), dtype=g.dtype,
-                 inputs=inputs, what=f"{name} forward-mode product (the gradient in grad)")
+    """Every second derivative along v against the catalog's."""
+    T.check_second(keywords(name, fn), name, x, scalars, w, b, g, v)
 
 
 def special_values(name, dtype, device):

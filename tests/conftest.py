@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -14,6 +15,11 @@ settings.register_profile(
     "dev", max_examples=300, deadline=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# The derivation's disk cache (derive/cache.py) for this run only: the first process that
+# needs a result derives and checks it, later ones (the CLI's subprocesses) read it back.
+# Nothing from an earlier run or the user's own cache is read.
+os.environ["DYNORM_CACHE"] = tempfile.mkdtemp(prefix="dynorm-cache-")
 
 # Without a GPU, tests/test_kernels.py runs the Triton kernels through Triton's interpreter.
 # Triton reads TRITON_INTERPRET when a @triton.jit function is defined, its own included

@@ -9,12 +9,12 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import grad, hessian, jacfwd, jvp, vmap
 
+from derive.testing import assert_close
 import numeric
 from numeric import functional as F
 from tests import checks
 from tests import reference as R
 from tests import strategies as S
-from tests.tolerances import assert_close
 
 f64 = torch.float64
 

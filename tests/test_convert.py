@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
+from derive.testing import assert_close
 import numeric
 from numeric.convert import TARGETS
-from tests.tolerances import assert_close
 
 DEVICES = [pytest.param("meta"), pytest.param("cuda", marks=pytest.mark.gpu)]
 

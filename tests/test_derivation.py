@@ -7,10 +7,10 @@ import mpmath
 import pytest
 import sympy as sp
 
-from derive import NAMES, DerivationError, catalog, result
-from derive import rmsnorm as rms
+from derive import NAMES, DerivationError, catalog, norms, result
+from derive.procedure import Counterparts
 from derive.steps import Step, check, equal
-from derive.symbols import C, Q, S, beta, epsilon, sigma, x, y
+from derive.symbols import C, Q, S, beta, epsilon, gamma, sigma, x, y
 
 DESIGN_NAMES = ("rmsnorm", "rmsnorm_jacobian_diag", "rmsnorm_jacobian_offdiag", "dyt", "dyisru",
                 "layernorm", "layernorm_jacobian_diag", "layernorm_jacobian_offdiag",
@@ -25,9 +25,9 @@ def test_catalog_has_the_design_names():
 def test_every_obligation_of_every_step_holds(name):
     r = result(name)
     assert r.steps
-    for st in r.steps:
-        assert st.checks, f"{st.name} has no checked obligation"
-        assert all(c.exact and c.numeric for c in st.checks)
+    for st in r.steps:   # each step ran check(), which raises on a failed obligation
+        assert st.obligations, f"{st.name} claims nothing"
+        assert len(st.checks) == len(st.obligations), f"{st.name}: an obligation went unchecked"
 
 
 def test_closed_forms_are_the_papers():
@@ -128,18 +128,20 @@ def test_a_false_obligation_raises_naming_the_step():
 
 
 def test_breaking_a_real_step_stops_the_derivation(monkeypatch):
-    """identify_dyt with gamma = C instead of sqrt(C) must fail, naming identify_dyt."""
-    monkeypatch.setitem(rms.DYT_PARAMS, rms.gamma, C)
-    with pytest.raises(DerivationError, match="identify_dyt"):
-        rms.identify_dyt.__wrapped__()
+    """Reading DyT's gamma off as C instead of sqrt(C) must fail, naming the step."""
+    cp = Counterparts(norms.definition("rmsnorm"))   # a fresh one: nothing cached is touched
+    form, params = cp._read_off
+    monkeypatch.setitem(cp.__dict__, "_read_off", (form, {**params, gamma: C}))
+    with pytest.raises(DerivationError, match="identify_parameters"):
+        cp.identify  # noqa: B018
 
 
-def test_breaking_the_jacobian_fails_the_explicit_check(monkeypatch):
+def test_breaking_the_jacobian_fails_the_explicit_check():
     """A wrong diagonal entry (1 - y^2) / sigma (C dropped) fails against Matrix.jacobian."""
-    monkeypatch.setattr(rms, "_explicit_entry",
-                        lambda xs, i, j, r: ((1 if i == j else 0) - (xs[i] / r) * (xs[j] / r)) / r)
-    with pytest.raises(DerivationError, match="jacobian_diag"):
-        rms._jacobian("jacobian_diag", x, (1 - y**2) / sigma, True)
+    cp = Counterparts(norms.definition("rmsnorm"))
+    wrong = cp._jacobian_explicit((1 - y**2) / sigma, True, 3)
+    assert not wrong.exact() and not wrong.numeric()
+    assert cp._jacobian_explicit(result("rmsnorm_jacobian_diag").expr, True, 3).exact()
 
 
 def test_numeric_witness_catches_what_it_should():

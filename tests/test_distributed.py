@@ -18,6 +18,7 @@ from torch import nn
 
 import numeric
 from numeric.convert import TARGETS
+from numeric.distributed import replicated_scalars
 
 WORLD = 2
 FORMS = ["dyt", "dyisru_ln"]     # one scalar, and two (log_beta, shift)
@@ -56,10 +57,6 @@ def _mean(t: torch.Tensor) -> torch.Tensor:
     return t.div_(dist.get_world_size())
 
 
-def _mean_grad(p: torch.Tensor) -> None:
-    _mean(p.grad)
-
-
 def _worker(rank: int, store: str, out: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -71,9 +68,7 @@ def _worker(rank: int, store: str, out: str) -> None:
         results = {}
         for to in FORMS:
             model = _model(to)
-            scalars = {p for p in model.parameters() if p.dim() == 0}
-            for p in scalars:
-                p.register_post_accumulate_grad_hook(_mean_grad)
+            scalars = replicated_scalars(model)
             for layer in model:
                 if isinstance(layer, tuple(TARGETS.values())):
                     fully_shard(layer, mesh=mesh, ignored_params=scalars)

@@ -1,4 +1,4 @@
-"""The outlier experiment: the paper's numbers (MATH.md section 8), the exactness of DyISRU
+"""The outlier experiment: the paper's numbers (the paper's protocol), the exactness of DyISRU
 in the RMSNorm variant, and where the advantage breaks in the extension."""
 from __future__ import annotations
 

@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from derive.testing import assert_close
 import numeric
 from numeric import functional as F
-from tests.tolerances import assert_close
 
 LAYERS = [numeric.DyT, numeric.DyISRU, numeric.DyTLN, numeric.DyISRULN]
 DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]

@@ -17,8 +17,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from derive.testing import assert_matches
 from tests import checks
-from tests import reference as R
 from tests import strategies as S
 
 #: float64 never fuses (numeric/backends.py): the fused path is tested on the others.
@@ -40,12 +40,9 @@ def fused():
 @pytest.mark.parametrize("dtype,pdtype", S.DTYPE_PAIRS, ids=S.ids)
 @pytest.mark.parametrize("name", S.FORMS)
 def test_outputs_and_gradients_match_the_catalog(name, dtype, pdtype, device):
-    @given(S.cases(name, dtype, pdtype, device))
-    def check(case):
-        with checks.backend("torch"):
-            checks.check_first(name, *case)
-
-    check()
+    with checks.backend("torch"):
+        assert_matches(checks.keywords(name), name, dtypes=[(dtype, pdtype)], device=device,
+                       examples=settings().max_examples, bias_none=True)
 
 
 @pytest.mark.filterwarnings("error:dynorm")

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from derive.testing import assert_close
 import numeric
-from tests.tolerances import assert_close
 
 NORMS = [numeric.RMSNorm, numeric.LayerNorm]
 

@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from derive.testing import assert_close
 import numeric
 from numeric import functional as F
-from tests.tolerances import assert_close
 
 DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from derive.testing import Mismatch, assert_close
 from tests import reference as R
-from tests.tolerances import Mismatch, assert_close
 
 
 def _wrong_dyisru(x, beta, w):

@@ -1,4 +1,4 @@
-"""The paper's outlier demonstration (MATH.md section 8), reproduced, then pushed further.
+"""The paper's outlier demonstration (Stollenwerk's protocol), reproduced, then pushed further.
 
 Protocol of Stollenwerk's code (v1/v2): numpy's legacy RNG seeded with 1 draws one token of
 C = 100 channels from N(0, 2) (standard deviation 2), sorted; its largest entry is moved by
@@ -10,7 +10,7 @@ fitted by least squares with
     DyISRU:  y = sqrt(C-1) * x / sqrt(beta + x^2)
 
 The RMSNorm variant (v3) uses RMSNorm and the bound sqrt(C); there DyISRU with beta = S, the
-other channels' sum of squares, is RMSNorm itself (MATH.md section 4), and S does not change
+other channels' sum of squares, is RMSNorm itself (the function-space counterpart, exact), and S does not change
 when one entry moves, so one beta fits all 9 tokens exactly.
 
 Further: many tokens, several outlier channels per token, several widths C. A single global
@@ -76,7 +76,7 @@ def rms_exact(others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def ln_exact(others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(m, beta) that make shifted DyISRU equal LayerNorm: m = mean_{j != i} x_j,
-    beta = C Q / (C - 1), Q = sum_{j != i} (x_j - m)^2 (MATH.md section 5)."""
+    beta = C Q / (C - 1), Q = sum_{j != i} (x_j - m)^2 (the LayerNorm form's function space)."""
     c = others.shape[-1] + 1
     m = others.mean(axis=-1)
     q = np.sum((others - m[:, None]) ** 2, axis=-1)

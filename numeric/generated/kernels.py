@@ -213,7 +213,7 @@ def dyt_ln_forward_kernel(x_ptr, alpha_ptr, shift_ptr, weight_ptr, bias_ptr, y_p
     else:
         bias = 0.0
     x = tl.maximum(-FLOAT32_MAX, tl.minimum(FLOAT32_MAX, x, propagate_nan=tl.PropagateNan.ALL), propagate_nan=tl.PropagateNan.ALL)
-    z = -shift + x
+    z = tl.maximum(-FLOAT32_MAX, tl.minimum(FLOAT32_MAX, -shift + x, propagate_nan=tl.PropagateNan.ALL), propagate_nan=tl.PropagateNan.ALL)
     u = z*alpha
     e = tl.exp(-2*tl.abs(u))
     t0 = (u * u)
@@ -256,7 +256,7 @@ def dyt_ln_backward_kernel(grad_ptr, x_ptr, alpha_ptr, shift_ptr, weight_ptr, gr
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         grad = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         x = tl.maximum(-FLOAT32_MAX, tl.minimum(FLOAT32_MAX, x, propagate_nan=tl.PropagateNan.ALL), propagate_nan=tl.PropagateNan.ALL)
-        z = -shift + x
+        z = tl.maximum(-FLOAT32_MAX, tl.minimum(FLOAT32_MAX, -shift + x, propagate_nan=tl.PropagateNan.ALL), propagate_nan=tl.PropagateNan.ALL)
         u = z*alpha
         e = tl.exp(-2*tl.abs(u))
         t0 = e + 1
@@ -303,7 +303,7 @@ def dyisru_ln_forward_kernel(x_ptr, beta_ptr, shift_ptr, weight_ptr, bias_ptr, y
     else:
         bias = 0.0
     x = tl.maximum(-FLOAT32_MAX, tl.minimum(FLOAT32_MAX, x, propagate_nan=tl.PropagateNan.ALL), propagate_nan=tl.PropagateNan.ALL)
-    z = -shift + x
+    z = tl.maximum(-FLOAT32_MAX, tl.minimum(FLOAT32_MAX, -shift + x, propagate_nan=tl.PropagateNan.ALL), propagate_nan=tl.PropagateNan.ALL)
     s0 = tl.abs(z)
     s1 = tl.sqrt(beta)
     hmax = tl.maximum(s0, s1, propagate_nan=tl.PropagateNan.ALL)
@@ -349,7 +349,7 @@ def dyisru_ln_backward_kernel(grad_ptr, x_ptr, beta_ptr, shift_ptr, weight_ptr, 
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         grad = tl.load(grad_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         x = tl.maximum(-FLOAT32_MAX, tl.minimum(FLOAT32_MAX, x, propagate_nan=tl.PropagateNan.ALL), propagate_nan=tl.PropagateNan.ALL)
-        z = -shift + x
+        z = tl.maximum(-FLOAT32_MAX, tl.minimum(FLOAT32_MAX, -shift + x, propagate_nan=tl.PropagateNan.ALL), propagate_nan=tl.PropagateNan.ALL)
         s0 = tl.abs(z)
         s1 = tl.sqrt(beta)
         hmax = tl.maximum(s0, s1, propagate_nan=tl.PropagateNan.ALL)

@@ -284,7 +284,7 @@ def dyt_ln_forward(x, alpha, shift, weight, bias):
 
     Operations after CSE: 11.
     """
-    z = x - shift
+    z = torch.nan_to_num(x - shift, nan=torch.nan)
     u = z*alpha
     d = torch.expm1(-2*torch.abs(u))
     y = torch.addcmul(bias, weight, torch.copysign(d/(d + 2), u))
@@ -296,7 +296,7 @@ def dyt_ln_forward_nobias(x, alpha, shift, weight):
 
     Operations after CSE: 10.
     """
-    z = x - shift
+    z = torch.nan_to_num(x - shift, nan=torch.nan)
     u = z*alpha
     d = torch.expm1(-2*torch.abs(u))
     y = weight*torch.copysign(d/(d + 2), u)
@@ -313,7 +313,7 @@ def dyt_ln_backward(grad, x, alpha, shift, weight):
 
     Operations after CSE: 19.
     """
-    z = x - shift
+    z = torch.nan_to_num(x - shift, nan=torch.nan)
     u = z*alpha
     s0 = -2*torch.abs(u)
     sg = torch.sigmoid(s0)
@@ -332,7 +332,7 @@ def dyt_ln_jvp(x, alpha, shift, weight, x_t, alpha_t, shift_t, weight_t):
 
     Operations after CSE: 23.
     """
-    z = x - shift
+    z = torch.nan_to_num(x - shift, nan=torch.nan)
     u = z*alpha
     s0 = -2*torch.abs(u)
     d = torch.expm1(s0)
@@ -358,7 +358,7 @@ def dyt_ln_hvp(grad, x, alpha, shift, weight, x_v, alpha_v, shift_v, weight_v):
 
     Operations after CSE: 59.
     """
-    z = x - shift
+    z = torch.nan_to_num(x - shift, nan=torch.nan)
     u = z*alpha
     s0 = -2*torch.abs(u)
     d = torch.expm1(s0)
@@ -391,7 +391,7 @@ def dyt_ln_fused_forward(x, alpha, shift, weight, bias):
     """
     dtype = x.dtype
     x = torch.clamp(x.float(), -3.4028234663852886e+38, 3.4028234663852886e+38)
-    z = x - shift
+    z = torch.nan_to_num(x - shift, nan=torch.nan)
     u = z*alpha
     e = torch.exp(-2*torch.abs(u))
     t0 = (u * u)
@@ -410,7 +410,7 @@ def dyt_ln_fused_backward(grad, x, alpha, shift, weight):
     dtype = x.dtype
     x = torch.clamp(x.float(), -3.4028234663852886e+38, 3.4028234663852886e+38)
     grad = grad.float()
-    z = x - shift
+    z = torch.nan_to_num(x - shift, nan=torch.nan)
     u = z*alpha
     e = torch.exp(-2*torch.abs(u))
     t0 = e + 1
@@ -433,7 +433,7 @@ def dyisru_ln_forward(x, beta, shift, weight, bias):
 
     Operations after CSE: 6.
     """
-    z = x - shift
+    z = torch.nan_to_num(x - shift, nan=torch.nan)
     h = torch.hypot(torch.sqrt(beta), z)
     q = z/h
     y = torch.addcmul(bias, weight, q)
@@ -445,7 +445,7 @@ def dyisru_ln_forward_nobias(x, beta, shift, weight):
 
     Operations after CSE: 5.
     """
-    z = x - shift
+    z = torch.nan_to_num(x - shift, nan=torch.nan)
     h = torch.hypot(torch.sqrt(beta), z)
     q = z/h
     y = q*weight
@@ -462,7 +462,7 @@ def dyisru_ln_backward(grad, x, beta, shift, weight):
 
     Operations after CSE: 17.
     """
-    z = x - shift
+    z = torch.nan_to_num(x - shift, nan=torch.nan)
     s0 = torch.sqrt(beta)
     h = torch.hypot(s0, z)
     s1 = (1 / h)
@@ -482,7 +482,7 @@ def dyisru_ln_jvp(x, beta, shift, weight, x_t, beta_t, shift_t, weight_t):
 
     Operations after CSE: 23.
     """
-    z = x - shift
+    z = torch.nan_to_num(x - shift, nan=torch.nan)
     s0 = torch.sqrt(beta)
     h = torch.hypot(s0, z)
     s1 = (1 / h)
@@ -509,7 +509,7 @@ def dyisru_ln_hvp(grad, x, beta, shift, weight, x_v, beta_v, shift_v, weight_v):
 
     Operations after CSE: 59.
     """
-    z = x - shift
+    z = torch.nan_to_num(x - shift, nan=torch.nan)
     s0 = torch.sqrt(beta)
     h = torch.hypot(s0, z)
     s1 = (1 / h)
@@ -543,7 +543,7 @@ def dyisru_ln_fused_forward(x, beta, shift, weight, bias):
     """
     dtype = x.dtype
     x = torch.clamp(x.float(), -3.4028234663852886e+38, 3.4028234663852886e+38)
-    z = x - shift
+    z = torch.nan_to_num(x - shift, nan=torch.nan)
     s0 = torch.abs(z)
     s1 = torch.sqrt(beta)
     hmax = torch.maximum(s0, s1)
@@ -565,7 +565,7 @@ def dyisru_ln_fused_backward(grad, x, beta, shift, weight):
     dtype = x.dtype
     x = torch.clamp(x.float(), -3.4028234663852886e+38, 3.4028234663852886e+38)
     grad = grad.float()
-    z = x - shift
+    z = torch.nan_to_num(x - shift, nan=torch.nan)
     s0 = torch.abs(z)
     s1 = torch.sqrt(beta)
     hmax = torch.maximum(s0, s1)
@@ -671,31 +671,37 @@ def derf_hvp(grad, x, alpha, shift, weight, x_v, alpha_v, shift_v, weight_v):
 def derf_fused_forward(x, alpha, shift, weight, bias):
     """derf: y = bias + weight*erf(alpha*x + shift).
 
-    The same formulas as derf_forward, with the kernel rules (none) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x, grad: (rows, C) in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
+    The same formulas as derf_forward, with the kernel rules (erf_taylor) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x, grad: (rows, C) in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
 
-    Operations after CSE: 5.
+    Operations after CSE: 27.
     """
     dtype = x.dtype
     x = torch.clamp(x.float(), -3.4028234663852886e+38, 3.4028234663852886e+38)
-    y = torch.addcmul(bias, weight, torch.erf(x*alpha + shift))
+    u = x*alpha + shift
+    t0 = 0.5641895835477563
+    t1 = (u * u)
+    y = torch.addcmul(bias, weight, torch.where((torch.abs(u) < 0.25), u*(2*t0 + t1*(-0.6666666666666666*t0 + t1*(0.2*t0 + t1*(0.009259259259259259*t0*t1 - 0.047619047619047616*t0)))), torch.erf(u)))
     return y.to(dtype)
 
 
 def derf_fused_backward(grad, x, alpha, shift, weight):
     """derf: the derivatives of y = bias + weight*erf(alpha*x + shift).
 
-    The same formulas as derf_backward, with the kernel rules (none) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x, grad: (rows, C) in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
+    The same formulas as derf_backward, with the kernel rules (erf_taylor) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x, grad: (rows, C) in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
 
-    Operations after CSE: 14.
+    Operations after CSE: 35.
     """
     dtype = x.dtype
     x = torch.clamp(x.float(), -3.4028234663852886e+38, 3.4028234663852886e+38)
     grad = grad.float()
-    t0 = x*alpha + shift
-    t1 = 2*grad*weight*0.5641895835477563*torch.exp(t0*(t0*(-1)))
-    grad_x = t1*alpha
-    grad_alpha = t1*x
-    grad_shift = t1
-    grad_weight = grad*torch.erf(t0)
+    u = x*alpha + shift
+    t0 = 0.5641895835477563
+    t1 = 2*t0
+    t2 = t1*grad*weight*torch.exp(-(torch.square(x*alpha + shift)))
+    t3 = (u * u)
+    grad_x = t2*alpha
+    grad_alpha = t2*x
+    grad_shift = t2
+    grad_weight = grad*torch.where((torch.abs(u) < 0.25), u*(t1 + t3*(-0.6666666666666666*t0 + t3*(0.2*t0 + t3*(0.009259259259259259*t0*t3 - 0.047619047619047616*t0)))), torch.erf(u))
     grad_bias = grad
     return grad_x.to(dtype), torch.sum(grad_alpha, dtype=torch.float64), torch.sum(grad_shift, dtype=torch.float64), torch.sum(grad_weight, 0, dtype=torch.float64), torch.sum(grad_bias, 0, dtype=torch.float64)

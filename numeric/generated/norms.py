@@ -9,51 +9,75 @@ __all__ = ["rmsnorm_forward", "rmsnorm_backward", "layernorm_forward", "layernor
 
 
 def rmsnorm_forward(x, epsilon):
-    """RMSNorm, channel i, all channels: y = x/sqrt(epsilon + ChannelSum(x**2)/C)
+    """RMSNorm, channel i, all channels: y = x/sqrt(epsilon + ChannelSum(x**2)/C),
+    computed as y = u/rho, rho = Hypot(sqrt(ChannelSum(u**2/C)), d) (u = x/a, d = sqrt(epsilon)/a).
 
     Operations after CSE: 7.
     """
     C = x.shape[-1]
-    y = x*torch.rsqrt(epsilon + torch.sum((x * x), dim=-1, keepdim=True)/C)
+    r = torch.sqrt(torch.as_tensor(epsilon, dtype=x.dtype, device=x.device))
+    a = torch.maximum(torch.amax(torch.abs(x), dim=-1, keepdim=True).detach(), r).clamp(min=torch.finfo(x.dtype).tiny)
+    u = x / a
+    d = r / a
+    rho = torch.hypot(torch.sqrt(torch.sum((u * u)/C, dim=-1, keepdim=True)), d)
+    y = u/rho
     return y
 
 
 def rmsnorm_backward(grad, x, epsilon):
     """rmsnorm: grad_x = g^T J = grad/sigma - y*ChannelSum(grad*y)/(C*sigma),
-    with y and sigma recomputed from x.
+    with y = u/rho and sigma = a*rho recomputed from u = x/a.
 
-    Operations after CSE: 14.
+    Operations after CSE: 16.
     """
     C = x.shape[-1]
-    t0 = (1 / C)
-    t1 = epsilon + t0*torch.sum((x * x), dim=-1, keepdim=True)
-    t2 = grad*torch.rsqrt(t1)
-    grad_x = -t0*x*torch.sum(t2*x, dim=-1, keepdim=True)/t1 + t2
+    r = torch.sqrt(torch.as_tensor(epsilon, dtype=x.dtype, device=x.device))
+    a = torch.maximum(torch.amax(torch.abs(x), dim=-1, keepdim=True).detach(), r).clamp(min=torch.finfo(x.dtype).tiny)
+    u = x / a
+    d = r / a
+    rho = torch.hypot(torch.sqrt(torch.sum((u * u)/C, dim=-1, keepdim=True)), d)
+    sigma = a*rho
+    t0 = (1 / sigma)
+    t1 = u/rho
+    grad_x = t0*grad - t0*t1*torch.sum(t1*grad, dim=-1, keepdim=True)/C
     return grad_x
 
 
 def layernorm_forward(x, epsilon):
-    """LayerNorm, channel i, all channels: y = (x - ChannelSum(x)/C)/sqrt(epsilon + ChannelSum((x - ChannelSum(x)/C)**2)/C)
+    """LayerNorm, channel i, all channels: y = (x - ChannelSum(x)/C)/sqrt(epsilon + ChannelSum((x - ChannelSum(x)/C)**2)/C),
+    computed as y = c/rho, c = u - ChannelSum(u)/C, rho = Hypot(sqrt(ChannelSum(c**2/C)), d) (u = x/a, d = sqrt(epsilon)/a).
 
     Operations after CSE: 11.
     """
     C = x.shape[-1]
-    t0 = (1 / C)
-    t1 = -t0*torch.sum(x, dim=-1, keepdim=True) + x
-    y = t1*torch.rsqrt(epsilon + t0*torch.sum((t1 * t1), dim=-1, keepdim=True))
+    r = torch.sqrt(torch.as_tensor(epsilon, dtype=x.dtype, device=x.device))
+    a = torch.maximum(torch.amax(torch.abs(x), dim=-1, keepdim=True).detach(), r).clamp(min=torch.finfo(x.dtype).tiny)
+    u = x / a
+    d = r / a
+    s0 = (1 / C)
+    c = -s0*torch.sum(u, dim=-1, keepdim=True) + u
+    rho = torch.hypot(torch.sqrt(torch.sum(c*(c*s0), dim=-1, keepdim=True)), d)
+    y = c/rho
     return y
 
 
 def layernorm_backward(grad, x, epsilon):
     """layernorm: grad_x = g^T J = grad/s - y*ChannelSum(grad*y)/(C*s) - ChannelSum(grad)/(C*s),
-    with y and s recomputed from x.
+    with y = c/rho and s = a*rho recomputed from u = x/a.
 
     Operations after CSE: 23.
     """
     C = x.shape[-1]
-    t0 = (1 / C)
-    t1 = -t0*torch.sum(x, dim=-1, keepdim=True) + x
-    t2 = epsilon + t0*torch.sum((t1 * t1), dim=-1, keepdim=True)
-    t3 = torch.rsqrt(t2)
-    grad_x = t3*grad - t0*t1*torch.sum(t1*t3*grad, dim=-1, keepdim=True)/t2 - t0*t3*torch.sum(grad, dim=-1, keepdim=True)
+    r = torch.sqrt(torch.as_tensor(epsilon, dtype=x.dtype, device=x.device))
+    a = torch.maximum(torch.amax(torch.abs(x), dim=-1, keepdim=True).detach(), r).clamp(min=torch.finfo(x.dtype).tiny)
+    u = x / a
+    d = r / a
+    s0 = (1 / C)
+    c = -s0*torch.sum(u, dim=-1, keepdim=True) + u
+    rho = torch.hypot(torch.sqrt(torch.sum(c*(c*s0), dim=-1, keepdim=True)), d)
+    s = a*rho
+    t0 = (1 / s)
+    t1 = t0/C
+    t2 = c/rho
+    grad_x = t0*grad - t1*t2*torch.sum(t2*grad, dim=-1, keepdim=True) - t1*torch.sum(grad, dim=-1, keepdim=True)
     return grad_x

@@ -1,0 +1,394 @@
+"""A layer for a formula of one's own: ``dynorm generate --form NAME=EXPR --out FILE``.
+
+The formula f(x; scalars) becomes ``codegen.Form.of(NAME, f)``, and from there the path of
+the built-in forms: y = weight * f + bias, its first and second derivatives and its
+forward-mode product, each the symbolic derivative after the numerical-safety and speed
+rules (each application checked), printed by ``TorchPrinter`` after CSE. Around them, a
+fixed shell (``SHELL``): an autograd.Function whose backward is a Function of its own (so
+the double backward runs the printed second derivatives), ``jvp`` for forward mode, a vmap
+rule generated from the forward, the functional ``NAME(x, weight, bias=None, **scalars)``
+and an ``nn.Module``. The file imports torch only.
+"""
+from __future__ import annotations
+
+import math
+import re
+import string
+
+import sympy as sp
+
+from .codegen import Form, Function, emit, torch_functions
+from .formula import FormulaError, identifier, parse
+from .printer import UnsupportedNode
+from .symbols import x
+
+#: A scalar without ``--init`` starts at this value (the formula as written at scalar 1).
+DEFAULT_INIT = 1.0
+
+#: Names a scalar may not take: the layer's own arguments and outputs, the printed code's
+#: temporaries (the rules' h, q, p, u, e, d, sg, hmax, hmin, hratio; the shift's z; CSE's
+#: t0, s0, ...), torch, and every attribute of torch.nn.Module (the scalars are attributes
+#: of the module). Names ending in _t or _v are the printed tangents.
+RESERVED = frozenset({
+    "x", "y", "weight", "bias", "grad", "torch", "dtype", "z",
+    "h", "q", "p", "u", "e", "d", "sg", "hmax", "hmin", "hratio",
+    "training", "normalized_shape", "inits", "reset_parameters",
+    "T_destination", "add_module", "apply", "bfloat16", "buffers", "call_super_init",
+    "children", "compile", "cpu", "cuda", "double", "dump_patches", "eval", "extra_repr",
+    "float", "forward", "get_buffer", "get_extra_state", "get_parameter", "get_submodule",
+    "half", "ipu", "load_state_dict", "modules", "mtia", "named_buffers", "named_children",
+    "named_modules", "named_parameters", "parameters", "register_backward_hook",
+    "register_buffer", "register_forward_hook", "register_forward_pre_hook",
+    "register_full_backward_hook", "register_full_backward_pre_hook",
+    "register_load_state_dict_post_hook", "register_load_state_dict_pre_hook",
+    "register_module", "register_parameter", "register_state_dict_post_hook",
+    "register_state_dict_pre_hook", "requires_grad_", "set_extra_state", "set_submodule",
+    "share_memory", "state_dict", "to", "to_empty", "train", "type", "xpu", "zero_grad",
+})
+_GENERATED_NAME = re.compile(r"^([st]\d+|.*_[tv]|grad_.*|h_.*)$")
+
+
+def camel(name: str) -> str:
+    """The module's class name: tanh_a -> TanhA."""
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_"))
+
+
+def _check_names(name: str, form: Form) -> None:
+    identifier(name, "form name")
+    if not name[0].islower() or name == "torch":
+        raise FormulaError(f"form name {name!r} must start with a lowercase letter and not be "
+                           f"torch (its module class is {camel(name)!r})")
+    for s in form.scalars:
+        identifier(s.name, "parameter")
+        if s.name in RESERVED or _GENERATED_NAME.match(s.name):
+            raise FormulaError(f"parameter name {s.name!r} is reserved (the generated code "
+                               "or torch.nn.Module uses it); rename it")
+
+
+def form(name: str, formula) -> Form:
+    """The Form of ``formula`` (text, parsed by ``derive.formula``, or a SymPy expression
+    of the canonical x), named ``name``; FormulaError for a formula without x or with a
+    name the generated code cannot use."""
+    f = parse(formula) if isinstance(formula, str) else sp.sympify(formula, strict=True)
+    if x not in f.free_symbols:
+        raise FormulaError(f"the formula must depend on x, got {sp.sstr(f)!r}")
+    out = Form.of(name, f)
+    _check_names(name, out)
+    return out
+
+
+def _inits(form: Form, inits: dict[str, float]) -> dict[str, float]:
+    names = [s.name for s in form.scalars]
+    for k, v in inits.items():
+        if k not in names:
+            raise FormulaError(f"--init {k}: not a parameter of the formula (parameters: "
+                               f"{', '.join(names) or 'none'})")
+        if not math.isfinite(v):
+            raise FormulaError(f"--init {k}: must be finite, got {v!r}")
+    return {k: float(inits.get(k, DEFAULT_INIT)) for k in names}
+
+
+#: What each printed function holds, for the error when one cannot be printed.
+_ROLES = {"forward": "the forward", "forward_nobias": "the forward",
+          "backward": "the first derivatives", "jvp": "the forward-mode product",
+          "hvp": "the second derivatives"}
+
+
+def _emit(name: str, fn: Function) -> str:
+    try:
+        return emit(fn)
+    except UnsupportedNode as e:
+        role = _ROLES[fn.name[len(name) + 1:]]
+        raise UnsupportedNode(f"{role} ({fn.name}): {e}") from None
+
+
+def module(name: str, formula, inits: dict[str, float] | None = None,
+           command: str = "dynorm generate --form") -> str:
+    """The source of the standalone module for ``name`` = ``formula`` (see the module
+    docstring). Raises FormulaError for bad text or names, UnsupportedNode (from the
+    printer) for a function or power the printer cannot spell in torch."""
+    f = form(name, formula)
+    values = _inits(f, inits or {})
+    functions = torch_functions(f)
+    scalars = tuple(s.name for s in f.scalars)
+    kw = "".join(f", {s}" for s in scalars)
+    formula_text = sp.sstr(f.formula)
+    fields = {
+        "name": name, "Camel": camel(name), "formula": formula_text, "command": command,
+        "scalars": repr(scalars), "inits": repr(values),
+        "signature": f"{name}(x, weight, bias=None{', *' + kw if kw else ''})",
+        "module_signature": (f"{camel(name)}(normalized_shape, *"
+                             + "".join(f", {k}={v!r}" for k, v in values.items())
+                             + ", bias=True, device=None, dtype=None)"),
+        "scalar_doc": (f"the scalars {', '.join(scalars)}: numbers or 0-dim tensors"
+                       if scalars else "no scalars"),
+        "all": ",\n           ".join(f'"{n}"' for n in (
+            name, camel(name), f"{camel(name)}Function", f"{camel(name)}Backward", "SCALARS",
+            "INITS", *(fn.name for fn in functions))),
+        "functions": "\n\n".join(_emit(name, fn) for fn in functions),
+    }
+    return string.Template(SHELL).substitute(fields)
+
+
+SHELL = '''\
+# generated by `$command`, do not edit.
+"""$name: y = weight * ($formula) + bias over the last dimension, with every derivative.
+
+Generated by dynorm from the formula: the forward, the first derivatives (the backward), the
+second derivatives (the double backward) and the forward-mode product (jvp) are each printed
+from the symbolic derivative after dynorm's numerical-safety and speed rules, never autograd
+through the forward. Needs torch only.
+
+    $signature
+    $module_signature
+
+x: (..., C), a floating-point tensor; weight, bias: (C,) (bias None means 0);
+$scalar_doc.
+Computes in float32 (float64 for float64 input) and returns x's dtype; every gradient comes
+back in its input's dtype. Supports backward, double backward (create_graph=True), forward
+mode (torch.func.jvp, jacfwd, hessian) and torch.func.vmap.
+"""
+import math
+import numbers
+
+import torch
+
+__all__ = [$all]
+
+#: The scalar parameters, in the order of the printed functions' arguments.
+SCALARS = $scalars
+#: The module's initial values of the scalars.
+INITS = $inits
+
+
+$functions
+
+# -- the autograd shell ---------------------------------------------------------------------
+
+def _compute_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _clamped(x):
+    """x in the compute dtype, clamped to its finite range (+-inf saturates)."""
+    ct = _compute_dtype(x.dtype)
+    big = torch.finfo(ct).max
+    return x.to(ct).clamp(-big, big)
+
+
+def _tamed(x):
+    """x clamped to sqrt(finfo.max)/256, where a second derivative that multiplies an
+    overflowed product by an underflowed factor (inf * 0) is evaluated again."""
+    ct = _compute_dtype(x.dtype)
+    big = torch.finfo(ct).max ** 0.5 / 256
+    return x.to(ct).clamp(-big, big)
+
+
+def _or_zero(t, x):
+    """A tangent or cotangent in the compute dtype; None is a 0-dim zero."""
+    ct = _compute_dtype(x.dtype)
+    return torch.zeros((), dtype=ct, device=x.device) if t is None else t.to(ct)
+
+
+def _sum_like(g, x, like):
+    """An element-wise term summed to its parameter's shape (0-dim or (C,)) and dtype,
+    with float64 accumulators for float32 terms."""
+    acc = torch.float64 if g.dtype == torch.float32 else g.dtype
+    g = g.expand(x.shape)
+    s = g.sum(dtype=acc) if like.dim() == 0 else g.reshape(-1, x.shape[-1]).sum(0, dtype=acc)
+    return s.to(like.dtype)
+
+
+class ${Camel}Function(torch.autograd.Function):
+    """y = weight * ($formula) + bias. apply(x, weight, bias, *scalars), scalars in the
+    order of SCALARS."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, weight, bias, *scalars):
+        ct = _compute_dtype(x.dtype)
+        args = [t.to(ct) for t in (*scalars, weight)]
+        if bias is None:
+            return ${name}_forward_nobias(_clamped(x), *args).to(x.dtype)
+        return ${name}_forward(_clamped(x), *args, bias.to(ct)).to(x.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, *scalars = inputs
+        ctx.save_for_backward(x, weight, *scalars)
+        ctx.save_for_forward(x, weight, *scalars)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, *scalars = ctx.saved_tensors
+        gx, gw, gb, *gs = ${Camel}Backward.apply(grad, x, weight, *scalars)
+        need = ctx.needs_input_grad
+        gb = gb.to(ctx.bias_dtype) if ctx.bias_dtype is not None and need[2] else None
+        return (gx if need[0] else None, gw if need[1] else None, gb,
+                *(g if n else None for g, n in zip(gs, need[3:])))
+
+    @staticmethod
+    def jvp(ctx, x_t, weight_t, bias_t, *scalars_t):
+        x, weight, *scalars = ctx.saved_tensors
+        ct = _compute_dtype(x.dtype)
+        args = [t.to(ct) for t in (*scalars, weight)]
+        tangents = [_or_zero(t, x) for t in (x_t, *scalars_t, weight_t)]
+        y_t = ${name}_jvp(_clamped(x), *args, *tangents)
+        if bias_t is not None:
+            y_t = y_t + bias_t.to(ct)
+        return y_t.expand(x.shape).to(x.dtype)
+
+
+class ${Camel}Backward(torch.autograd.Function):
+    """The backward of ${Camel}Function as a Function: its forward is the printed first
+    derivatives, its backward and jvp the printed second derivatives.
+
+    apply(grad, x, weight, *scalars) -> (grad_x, grad_weight, grad_bias, *grad_scalars)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad, x, weight, *scalars):
+        ct = _compute_dtype(x.dtype)
+        args = [t.to(ct) for t in (*scalars, weight)]
+        g = grad.to(ct)
+        gx, *gs, gw = ${name}_backward(g, _clamped(x), *args)
+        return (gx.expand(x.shape).to(x.dtype), _sum_like(gw, x, weight),
+                _sum_like(g, x, weight.detach().to(ct)),
+                *(_sum_like(t, x, s) for t, s in zip(gs, scalars)))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
+
+    @staticmethod
+    def _second(grad, x, weight, scalars, v_x, v_w, v_s):
+        """(h_x, h_weight, [h_scalars]): grad times the second derivatives along (v_x,
+        v_s, v_w), element by element; NaNs of inf * 0 evaluated again at _tamed(x)."""
+        ct = _compute_dtype(x.dtype)
+        args = [grad.to(ct), None, *(t.to(ct) for t in (*scalars, weight)),
+                *(_or_zero(t, x) for t in (v_x, *v_s, v_w))]
+        args[1] = _clamped(x)
+        plain = ${name}_hvp(*args)
+        args[1] = _tamed(x)
+        tamed = ${name}_hvp(*args)
+        h_x, *h_s, h_w = (torch.where(torch.isnan(p), t, p) for p, t in zip(plain, tamed))
+        return h_x, h_w, h_s
+
+    @staticmethod
+    def backward(ctx, c_x, c_w, c_b, *c_s):
+        grad, x, weight, *scalars = ctx.saved_tensors
+        ct = _compute_dtype(x.dtype)
+        h_x, h_w, h_s = ${Camel}Backward._second(grad, x, weight, scalars, c_x, c_w, c_s)
+        args = [t.to(ct) for t in (*scalars, weight)]
+        d_grad = ${name}_jvp(_clamped(x), *args, *(_or_zero(t, x) for t in (c_x, *c_s, c_w)))
+        if c_b is not None:
+            d_grad = d_grad + c_b.to(ct)
+        return (d_grad.expand(x.shape).to(grad.dtype), h_x.expand(x.shape).to(x.dtype),
+                _sum_like(h_w, x, weight), *(_sum_like(h, x, s) for h, s in zip(h_s, scalars)))
+
+    @staticmethod
+    def jvp(ctx, grad_t, x_t, weight_t, *scalars_t):
+        grad, x, weight, *scalars = ctx.saved_tensors
+        ct = _compute_dtype(x.dtype)
+        h_x, h_w, h_s = ${Camel}Backward._second(grad, x, weight, scalars, x_t, weight_t,
+                                                 scalars_t)
+        g_t = _or_zero(grad_t, x).expand(x.shape)
+        args = [t.to(ct) for t in (*scalars, weight)]
+        f_x, *f_s, f_w = ${name}_backward(g_t, _clamped(x), *args)
+        return ((f_x + h_x).expand(x.shape).to(x.dtype), _sum_like(f_w + h_w, x, weight),
+                _sum_like(g_t, x, weight.detach().to(ct)),
+                *(_sum_like(f + h, x, s) for f, h, s in zip(f_s, h_s, scalars)))
+
+
+# -- the functional and the module ----------------------------------------------------------
+
+def _tensor(t, what, x, shape):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"$name: {what} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"$name: {what} must be a floating-point tensor, got {t.dtype}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"$name: {what} must have shape {shape}, got {tuple(t.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"$name: {what} is on {t.device}, x on {x.device}")
+    return t
+
+
+def _scalar(v, what, x):
+    if isinstance(v, torch.Tensor):
+        return _tensor(v, what, x, ())
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+        raise TypeError(f"$name: {what} must be a finite number or a 0-dim tensor, got {v!r}")
+    return torch.tensor(float(v), dtype=_compute_dtype(x.dtype), device=x.device)
+
+
+def $name(x, weight, bias=None, **scalars):
+    """y = weight * ($formula) + bias over the last dimension of x.
+
+    x: (..., C), floating point; weight: (C,); bias: (C,) or None; $scalar_doc.
+    Returns x's shape and dtype."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0:
+        raise TypeError("$name: x must be a floating-point tensor with at least one dimension")
+    for s in SCALARS:
+        if s not in scalars:
+            raise TypeError(f"$name() missing the scalar {s!r} (scalars: {', '.join(SCALARS)})")
+    for s in scalars:
+        if s not in SCALARS:
+            raise TypeError(f"$name() got an unexpected scalar {s!r} (scalars: "
+                            f"{', '.join(SCALARS) or 'none'})")
+    C = x.shape[-1]
+    weight = _tensor(weight, "weight", x, (C,))
+    bias = None if bias is None else _tensor(bias, "bias", x, (C,))
+    values = [_scalar(scalars[s], s, x) for s in SCALARS]
+    return ${Camel}Function.apply(x, weight, bias, *values)
+
+
+class ${Camel}(torch.nn.Module):
+    """y = weight * ($formula) + bias over the last dimension: weight (C,) starts at 1,
+    bias (C,) at 0 (or is None), each scalar a 0-dim parameter starting at INITS (or at the
+    keyword given here)."""
+
+    def __init__(self, normalized_shape, *, bias=True, device=None, dtype=None, **inits):
+        super().__init__()
+        shape = normalized_shape if isinstance(normalized_shape, (tuple, list)) else (
+            normalized_shape,)
+        if (len(shape) != 1 or not isinstance(shape[0], int) or isinstance(shape[0], bool)
+                or shape[0] < 1):
+            raise ValueError(f"normalized_shape must be a positive int C (or (C,)), got "
+                             f"{normalized_shape!r}")
+        shape = (shape[0],)
+        for k in inits:
+            if k not in SCALARS:
+                raise TypeError(f"$Camel() got an unexpected keyword {k!r} (scalars: "
+                                f"{', '.join(SCALARS) or 'none'})")
+        for k, v in inits.items():
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise ValueError(f"{k} must be a finite number, got {v!r}")
+        self.normalized_shape = shape
+        self.inits = {**INITS, **{k: float(v) for k, v in inits.items()}}
+        factory = {"device": device, "dtype": dtype}
+        for s in SCALARS:
+            self.register_parameter(s, torch.nn.Parameter(torch.empty((), **factory)))
+        self.weight = torch.nn.Parameter(torch.empty(shape, **factory))
+        self.bias = torch.nn.Parameter(torch.empty(shape, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        with torch.no_grad():
+            for s in SCALARS:
+                getattr(self, s).fill_(self.inits[s])
+            self.weight.fill_(1.0)
+            if self.bias is not None:
+                self.bias.zero_()
+
+    def forward(self, x):
+        return $name(x, self.weight, self.bias, **{s: getattr(self, s) for s in SCALARS})
+
+    def extra_repr(self):
+        scalars = "".join(f", {s}={getattr(self, s).item():g}" for s in SCALARS)
+        return f"{self.normalized_shape[0]}{scalars}, bias={self.bias is not None}"
+'''

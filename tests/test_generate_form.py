@@ -1,0 +1,221 @@
+"""A layer for a formula of one's own: the whitelist parser, `dynorm generate --form`'s
+one-line errors, and one generated module end to end (the README's command): it imports
+torch only, passes gradcheck and gradgradcheck, and matches the catalog in mpmath."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sympy as sp
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+
+from derive import formgen
+from derive.cli import main
+from derive.formula import FormulaError, parse
+from derive.printer import TorchPrinter
+from derive.symbols import x
+from derive.testing import assert_matches
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+# -- the parser ------------------------------------------------------------------------------
+
+def test_parse_builds_the_expression_from_the_whitelist():
+    alpha, shift = sp.Symbol("alpha", real=True), sp.Symbol("shift", real=True)
+    assert parse("tanh(alpha*(x - shift))") == sp.tanh(alpha * (x - shift))
+    assert parse("0.5*x^2 - -x") == x**2 / 2 + x            # exact 1/2; ^ is a power
+    assert parse("x / (1 + abs(x))") == x / (1 + sp.Abs(x))
+    assert parse("erf(pi*x) + E") == sp.erf(sp.pi * x) + sp.E
+
+
+@pytest.mark.parametrize("text,match", [
+    ("__import__('os').system('echo INJECTED')", "only named functions may be called"),
+    ("__import__('os')", "'__import__' is an unknown function"),
+    ("besselj(0, x)", "'besselj' is an unknown function"),
+    ("x / mean(x)", r"mean\(\) is a statistic over the channels"),
+    ("Max(x, 0)", r"Max\(\) is not printable"),
+    ("Eq(x, 1)", "not a real-valued expression"),
+    ("__import__('os').system('echo INJECTED') or x", "and/or not allowed"),
+    ("x.real", "attribute access not allowed"),
+    ("(lambda: 1)()", "only named functions"),
+    ("x if x else 1", "if/else not allowed"),
+    ("9**9**9", "too large"),
+    ("'a'", "constant not allowed"),
+    ("tanh", "is a function"),
+    ("tanh(x, y=1)", "positional arguments only"),
+    ("tanh(x, x)", "tanh"),
+    ("x +", "not an expression"),
+    ("x < 1", "a comparison not allowed"),
+    ("", "empty"),
+    ("x" * 6000, "too long"),
+])
+def test_parse_rejects_everything_else(text, match):
+    with pytest.raises(FormulaError, match=match):
+        parse(text)
+
+
+def test_parse_never_evaluates_the_text(capfd):
+    with pytest.raises(FormulaError):
+        parse("__import__('os').system('echo INJECTED')")
+    assert "INJECTED" not in capfd.readouterr().out
+
+
+def test_scalar_names_cannot_shadow_the_generated_code_or_the_module():
+    """The scalars become arguments of the printed functions and attributes of an
+    nn.Module: every public attribute of torch.nn.Module is reserved (torch's own: other
+    libraries add theirs at import, transformers its smart_apply)."""
+    module_names = {n for n in dir(torch.nn.Module) if not n.startswith("_") and getattr(
+        getattr(torch.nn.Module, n), "__module__", "torch").startswith("torch")}
+    assert module_names | {"training"} <= formgen.RESERVED
+    for name in ("u", "t0", "x_t", "weight", "eval", "grad_x"):
+        with pytest.raises(FormulaError, match="reserved"):
+            formgen.form("f", parse(f"tanh({name}*x)"))
+
+
+# -- the command line's errors ---------------------------------------------------------------
+
+def _run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--form", "f=__import__('os').system('echo INJECTED')"], "only named functions"),
+    (["--form", "f=x +"], "not an expression"),
+    (["--form", "f=2*alpha"], "must depend on x"),
+    (["--form", "f=weight*x"], "'weight' is reserved"),
+    (["--form", "F=tanh(x)"], "lowercase"),
+    (["--form", "class=tanh(x)"], "reserved"),
+    (["--form", "f=tanh(alpha*x)", "--init", "beta=1"], "not a parameter"),
+    (["--form", "f=tanh(alpha*x)", "--init", "alpha=big"], "not a number"),
+    (["--form", "f=tanh(alpha*x)", "--init", "alpha=inf"], "finite"),
+    (["--form", "tanh(x)"], "NAME=VALUE"),
+])
+def test_bad_forms_are_one_line_and_exit_2(capsys, tmp_path, argv, match):
+    rc, out, err = _run(capsys, "generate", *argv, "--out", str(tmp_path / "f.py"))
+    assert rc == 2 and match in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err and "INJECTED" not in out
+    assert not (tmp_path / "f.py").exists()
+
+
+@pytest.mark.parametrize("argv", [["--form", "f=tanh(x)"], ["--out", "f.py"],
+                                  ["--init", "a=1"], ["--form", "f=tanh(x)", "--check",
+                                                      "--out", "f.py"]])
+def test_form_out_and_init_go_together(capsys, argv):
+    rc, _, err = _run(capsys, "generate", *argv)
+    assert rc == 2 and "--form" in err and len(err.strip().splitlines()) == 1
+
+
+def test_what_the_printer_cannot_spell_is_one_line(capsys, tmp_path):
+    rc, _, err = _run(capsys, "generate", "--form", "s=sin(x)", "--out", str(tmp_path / "s.py"))
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "cannot generate s: the forward (s_forward): TorchPrinter cannot print sin" in err
+
+
+def test_abs_is_printed_for_tensors_and_its_second_derivative_is_refused(capsys, tmp_path):
+    """d|x|/dx = sign(x) prints as torch.sign (not Python's scalar copysign); the second
+    derivative, SymPy's DiracDelta, has no torch spelling: one line."""
+    assert TorchPrinter().doprint(sp.sign(x)) == "torch.sign(x)"
+    rc, _, err = _run(capsys, "generate", "--form", "softsign=x/(1 + abs(x))",
+                      "--out", str(tmp_path / "s.py"))
+    assert rc == 2 and "the second derivatives (softsign_hvp)" in err and "DiracDelta" in err
+
+
+# -- one module end to end -------------------------------------------------------------------
+
+def _readme_command() -> list[str]:
+    line = re.search(r"^dynorm generate --form .*$", README, re.M).group(0)
+    return shlex.split(line)[1:]
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """The README's command, its file written to a temporary folder and imported."""
+    argv = _readme_command()
+    out = tmp_path_factory.mktemp("form") / argv[argv.index("--out") + 1]
+    argv[argv.index("--out") + 1] = str(out)
+    assert main(argv) == 0
+    spec = importlib.util.spec_from_file_location(out.stem, out)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return out, module
+
+
+def test_out_dash_writes_the_same_module_to_stdout(generated, capsys):
+    path, _ = generated
+    argv = _readme_command()
+    argv[argv.index("--out") + 1] = "-"
+    rc, out, _ = _run(capsys, *argv)
+    assert rc == 0 and out == path.read_text()
+    assert out.startswith("# generated by `dynorm generate --form 'dyt_shift=tanh(alpha*(x - "
+                          "shift))' --init alpha=0.5 --init shift=0`, do not edit.")
+
+
+def test_made_by_the_rules_of_the_built_in_forms(generated):
+    """sech2 for the derivative, the speed rules for tanh and 1/cosh^2, as in layers.py."""
+    path, _ = generated
+    printed = path.read_text().split("# -- the autograd shell")[0]
+    code = re.sub(r'"""(.*?)"""', "", printed, flags=re.S)
+    assert "torch.tanh" not in code and "torch.cosh" not in code and "**" not in code
+    assert "torch.expm1(-2*torch.abs(u))" in code and "torch.sigmoid(s0)" in code
+
+
+def test_the_module_needs_torch_only(generated):
+    path, _ = generated
+    code = (f"import sys; sys.path.insert(0, {str(path.parent)!r}); import {path.stem}; "
+            "print('sympy' in sys.modules, 'derive' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "False"]
+
+
+def test_gradcheck_and_gradgradcheck(generated):
+    _, m = generated
+    g = torch.Generator().manual_seed(0)
+    ins = [(2 * torch.randn(3, 4, generator=g, dtype=torch.float64)).requires_grad_(),
+           torch.randn(4, generator=g, dtype=torch.float64).requires_grad_(),
+           torch.randn(4, generator=g, dtype=torch.float64).requires_grad_(),
+           torch.tensor(0.7, dtype=torch.float64, requires_grad=True),
+           torch.tensor(-0.3, dtype=torch.float64, requires_grad=True)]
+    fn = lambda x, w, b, alpha, shift: m.dyt_shift(x, w, b, alpha=alpha, shift=shift)  # noqa: E731
+    assert gradcheck(fn, ins, check_forward_ad=True)
+    assert gradgradcheck(fn, ins, check_fwd_over_rev=True)
+    y = torch.func.vmap(lambda row: fn(row, *ins[1:]))(ins[0])
+    torch.testing.assert_close(y, fn(*ins))
+
+
+@pytest.mark.parametrize("form", ["dyt_ln", "tanh(alpha*(x - shift))"])
+def test_it_matches_the_catalog_and_its_formula(generated, form):
+    """weight * tanh(alpha (x - shift)) + bias is the catalog's dyt_ln layer: second order,
+    every dtype, inputs up to each dtype's finite maximum."""
+    _, m = generated
+    assert_matches(m.dyt_shift, form, examples=4, order=2, bias_none=True)
+
+
+def test_the_module(generated):
+    _, m = generated
+    layer = m.DytShift(8)
+    assert (layer.alpha.item(), layer.shift.item()) == (0.5, 0.0)        # the --init values
+    assert repr(layer) == "DytShift(8, alpha=0.5, shift=0, bias=True)"
+    assert {n for n, _ in layer.named_parameters()} == {"alpha", "shift", "weight", "bias"}
+    x_in = torch.randn(2, 3, 8, dtype=torch.bfloat16)
+    assert layer(x_in).dtype == torch.bfloat16 and layer(x_in).shape == x_in.shape
+    other = m.DytShift((8,), alpha=2.0, bias=False)
+    assert other.alpha.item() == 2.0 and other.bias is None
+    with pytest.raises(TypeError, match="unexpected keyword 'beta'"):
+        m.DytShift(8, beta=1.0)
+    with pytest.raises(ValueError, match="normalized_shape"):
+        m.DytShift(0)
+    with pytest.raises(TypeError, match="missing the scalar 'shift'"):
+        m.dyt_shift(x_in, layer.weight, None, alpha=1.0)
+    with pytest.raises(ValueError, match=r"weight must have shape \(8,\)"):
+        m.dyt_shift(x_in, torch.ones(3), None, alpha=1.0, shift=0.0)

@@ -1,0 +1,259 @@
+"""The procedure on any norm, the whitelist parser, and `dynorm derive`.
+
+Independent witnesses: each norm written again here in mpmath (its Jacobian by mpmath.diff,
+its frozen ODE solved by mpmath.odefun), and the stated results of the p-norm and ScaleNorm counterparts written out here.
+"""
+from __future__ import annotations
+
+import json
+import random
+
+import mpmath
+import pytest
+import sympy as sp
+
+from derive import NAMES, counterparts, norms, result
+from derive.cli import main
+from derive.symbols import (C, R, S, alpha, beta, epsilon, g, gamma, mu, p, parse, s, sigma, x,
+                            y, y_k)
+
+# -- the parser: a whitelist, never Python ---------------------------------------------------
+
+
+def test_parse_never_runs_python(tmp_path):
+    marker = tmp_path / "ran"
+    attacks = [f"__import__('os').system('touch {marker}') or x",
+               f"x + __import__('os').system('touch {marker}')",
+               f"(lambda: __import__('os').system('touch {marker}'))()",
+               "x.__class__", "[x][0]", "'x'", "x if x else x", "sqrt(x, *[1])",
+               "sqrt(x=1)", "(x := 1)", "9**9**9", "1e999"]
+    for text in attacks:
+        with pytest.raises(ValueError):
+            parse(text)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("x / sqrt(mean(x**2) + eps)", "unknown name 'eps'"),
+    ("foo(x)", "'foo' is an unknown function"),
+    ("x(2)", "'x' is a symbol, not a function"),
+    ("sqrt + x", "'sqrt' is a function"),
+    ("x +", "not an expression"),
+])
+def test_parse_errors_name_the_culprit(text, needle):
+    with pytest.raises(ValueError, match=needle):
+        parse(text)
+
+
+def test_parse_reads_the_usual_spellings():
+    assert parse("0.5*x^2 + abs(x)") == x**2 / 2 + sp.Abs(x)
+    assert parse("Eq(y, tanh(alpha*x))") == sp.Eq(y, sp.tanh(alpha * x))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_result_round_trips_through_the_parser(name):
+    r = result(name)
+    assert parse(str(r.expr)) == r.expr
+    assert all(parse(str(e)) == e for e in r.params.values())
+
+
+# -- the norms again, in mpmath ----------------------------------------------------------------
+
+EPS, GAIN, P3 = sp.Rational(1, 100), sp.Rational(17, 10), 3
+
+
+def _mp_norm(name, v):
+    """The norm of the vector v, written from its definition (at the working precision)."""
+    n, eps, gain = len(v), mpmath.mpf(EPS.p) / EPS.q, mpmath.mpf(GAIN.p) / GAIN.q
+    if name == "layernorm":
+        m = mpmath.fsum(v) / n
+        sd = mpmath.sqrt(mpmath.fsum((t - m) ** 2 for t in v) / n + eps)
+        return [(t - m) / sd for t in v]
+    if name == "scalenorm":
+        return [gain * t / mpmath.sqrt(mpmath.fsum(u * u for u in v)) for t in v]
+    q = {"rmsnorm": 2, "pnorm": P3, "pnorm1": 1, "pnorm4": 4}[name]
+    r = (mpmath.fsum(abs(t) ** q for t in v) / n + eps) ** (mpmath.mpf(1) / q)
+    return [t / r for t in v]
+
+
+CASES = ("rmsnorm", "layernorm", "pnorm", "pnorm1", "pnorm4", "scalenorm")
+CONSTANTS = {epsilon: EPS, g: GAIN, p: P3}
+
+
+def _vector(n, seed):
+    rng = random.Random(seed)
+    return [mpmath.mpf(rng.uniform(-3, 3)) for _ in range(n)]
+
+
+def _frozen(cp, v, out, i):
+    """The frozen names' values for this vector: mu the mean, the scale (x_i - mu) / y_i."""
+    shift = mpmath.fsum(v) / len(v) if cp.shift == mu else 0
+    at = {cp.scale: (v[i] - shift) / out[i]}
+    if cp.shift == mu:
+        at[mu] = shift
+    return at
+
+
+def _value(e, at):
+    e = e.subs(CONSTANTS)
+    syms = sorted(e.free_symbols, key=str)
+    return sp.lambdify(syms, e, "mpmath")(*(at[q] for q in syms))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_general_c_jacobian_matches_mpmath_diff(name):
+    """The general-C entries at C = 7 (beyond the sizes SymPy checked) against mpmath.diff."""
+    cp = counterparts(norms.definition(name))
+    with mpmath.workdps(30):
+        v = _vector(7, 11)
+        out = _mp_norm(name, v)
+        for i, j in [(0, 0), (4, 4), (0, 5), (6, 2)]:
+            numerical = mpmath.diff(lambda t: _mp_norm(name, v[:j] + [t] + v[j + 1:])[i], v[j])
+            at = {**_frozen(cp, v, out, i), C: mpmath.mpf(7), y: out[i], y_k: out[j]}
+            entry = cp.jacobian_diag if i == j else cp.jacobian_offdiag
+            assert abs(_value(entry, at) - numerical) < mpmath.mpf(10) ** -20, (i, j)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_function_space_with_exact_params_is_the_norm(name):
+    cp = counterparts(norms.definition(name))
+    with mpmath.workdps(30):
+        v = [sp.Rational(k * 37 % 23 - 11, 7) for k in range(6)]
+        out = _mp_norm(name, [mpmath.mpf(t) for t in v])
+        consts = {"epsilon": sp.Rational(1, 100), "g": sp.Rational(17, 10), "p": P3}
+        for i in range(6):
+            at = cp.exact_params(v, i, **consts)
+            got = cp.function_space.subs(at).subs(x, v[i]).subs(CONSTANTS)
+            assert abs(sp.N(got, 30) - out[i]) < mpmath.mpf(10) ** -25, (i, at)
+
+
+@pytest.mark.parametrize("name", ("rmsnorm", "layernorm", "pnorm1", "pnorm4", "scalenorm"))
+def test_derivative_space_solves_the_frozen_ode_numerically(name):
+    """mpmath.odefun integrates dy/dx = F(y) from y(shift) = 0; the closed form (or the
+    implicit relation) must agree on both sides of the shift."""
+    cp = counterparts(norms.definition(name))
+    frozen = {sigma: mpmath.mpf("0.8"), s: mpmath.mpf("0.8"), mu: mpmath.mpf("0.3"), C: 6}
+    x0 = float(cp.shift.subs(frozen))
+    F = sp.lambdify(y, cp.jacobian_diag.subs(CONSTANTS).subs(frozen), "mpmath")
+    with mpmath.workdps(20):
+        right = mpmath.odefun(lambda t, z: F(z), x0, 0)
+        left = mpmath.odefun(lambda t, z: -F(z), -x0, 0)   # y(-t), t >= -x0
+        for d in (0.4, 1.7):
+            for xv, yv in ((x0 + d, right(x0 + d)), (x0 - d, left(-(x0 - d)))):
+                if cp.derivative_space is not None:
+                    got = cp.derivative_space.subs(CONSTANTS).subs(frozen).subs(x, xv)
+                    assert abs(sp.N(got, 20) - yv) < 1e-12, (xv, got, yv)
+                else:  # G(y) = x - x0 at the numerical solution
+                    rel = cp.derivative_space_implicit.subs(frozen)
+                    gap = (rel.lhs - rel.rhs).subs({y: yv, x: xv})
+                    assert abs(sp.N(gap, 20)) < 1e-12, (xv, gap)
+
+
+# -- the p-norm and ScaleNorm results, written out here -----------------------------------------------
+
+def _same(a, b) -> bool:
+    return sp.simplify(a - b) == 0
+
+
+def test_the_p_norm_family_is_what_math_md_states():
+    general = counterparts(norms.definition("pnorm"))
+    assert _same(general.jacobian_diag, (1 - sp.Abs(y) ** p / C) / sigma)
+    assert _same(general.function_space, C ** (1 / p) * x / (beta + sp.Abs(x) ** p) ** (1 / p))
+    assert general.function_space_params == {beta: R + C * epsilon}
+    assert general.derivative_space is None      # general p: function space only
+
+    one = counterparts(norms.definition("pnorm1"))
+    want = C * sp.sign(x) * (1 - sp.exp(-sp.Abs(x) / (C * sigma)))
+    for xv in (sp.Rational(-7, 3), sp.Rational(5, 2)):   # sign and |x| on each side
+        assert _same(one.derivative_space.subs(x, xv), want.subs(x, xv))
+    assert one.derivative_space_params == {alpha: 1 / (C * sigma), gamma: C}
+
+    four = counterparts(norms.definition("pnorm4"))
+    assert four.derivative_space is None
+    a = C ** sp.Rational(1, 4)
+    rel = four.derivative_space_implicit
+    assert rel.rhs == x and _same(rel.lhs / sigma, a / 2 * (sp.atanh(y / a) + sp.atan(y / a)))
+
+
+def test_scalenorm_is_what_math_md_states():
+    cp = counterparts(norms.definition("scalenorm"))
+    assert _same(cp.function_space, g * x / sp.sqrt(beta + x**2))
+    assert cp.function_space_params == {beta: S}        # S: the other channels' squares
+    assert _same(cp.derivative_space, g * sp.tanh(x / (g * sigma)))
+
+
+# -- what the procedure cannot do, it says --------------------------------------------------------
+
+@pytest.mark.parametrize("text,needle", [
+    ("epsilon + 1", "does not use the channel x"),
+    ("sqrt(mean(x**2))", "does not use the channel x outside its statistics"),
+    ("x / 2", "has no statistic"),
+    ("tanh(x) / sqrt(mean(x**2))", "not affine in x"),
+    ("x / mean(abs(x - mean(x)))", "does not separate"),
+])
+def test_a_norm_it_cannot_handle_is_one_clear_error(text, needle):
+    with pytest.raises(ValueError, match=needle):
+        counterparts(text).jacobian_diag  # noqa: B018
+
+
+def test_sympy_input_is_the_text_and_rmsnorm_gives_the_catalog():
+    mean = sp.Function("mean")
+    cp = counterparts(x / sp.sqrt(mean(x**2) + epsilon))
+    assert cp is counterparts("x / sqrt(mean(x^2) + epsilon)")
+    assert cp.derivative_space_form == result("dyt").expr
+    assert cp.function_space == result("dyisru").expr
+    with pytest.raises(TypeError, match="norm must be a str or a SymPy expression"):
+        counterparts(5)
+
+
+def test_exact_params_names_what_it_lacks():
+    cp = counterparts(norms.definition("rmsnorm"))
+    with pytest.raises(ValueError, match="i must index values"):
+        cp.exact_params([1, 2, 3], 3)
+    with pytest.raises(ValueError, match="needs a value for epsilon"):
+        cp.exact_params([1, 2, 3], 0)
+    assert cp.exact_params([1, 2, 3], 0, epsilon=0) == {beta: 13, C: 3}
+
+
+# -- dynorm derive ---------------------------------------------------------------------------------
+
+def run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_derive_prints_the_derivation_and_writes_the_export(tmp_path, capsys):
+    path = tmp_path / "mine.json"
+    rc, out, err = run(capsys, "derive", "x / (mean(abs(x)) + epsilon)", "--json", str(path),
+                       "--format", "text")
+    assert rc == 0 and not err
+    for needle in ("jacobian_diag", "freeze_sigma", "integrate_with_y0", "promote_beta",
+                   "[ok exact, ok numeric]", "gamma*(1 - exp(-alpha*Abs(x)))*sign(x)"):
+        assert needle in out, needle
+    data = json.loads(path.read_text())["results"]
+    assert set(data) == {"per_channel", "jacobian_diag", "jacobian_offdiag",
+                         "derivative_space", "function_space"}
+    for entry in data.values():
+        assert set(entry) == {"expr", "latex", "symbols", "params", "steps"}
+        local = {q: sp.Symbol(q, **a) for q, a in entry["symbols"].items()}
+        assert sp.sympify(entry["expr"], locals=local).free_symbols <= set(local.values())
+    assert data["function_space"]["params"] == {"beta": "C*epsilon + R"}
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("x / sqrt(mean(x**2) + eps)", "unknown name 'eps'"),
+    ("epsilon", "does not use the channel x"),
+    ("tanh(x) / sqrt(mean(x**2))", "not affine in x"),
+    ("x.real", "attribute access not allowed"),
+])
+def test_derive_errors_are_one_line_and_exit_2(capsys, text, needle):
+    rc, out, err = run(capsys, "derive", text)
+    assert rc == 2 and not out
+    assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_derive_never_runs_the_text(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    rc, _, err = run(capsys, "derive", f"__import__('os').system('touch {marker}') or x")
+    assert rc == 2 and "not allowed" in err and not marker.exists()

@@ -251,11 +251,12 @@ def input_stats(x: torch.Tensor) -> tuple[float, float]:
 
 
 def fit_layer(slot: Slot, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Fit slot.new to y = old(x) on the rows (n, C); return its error before and after."""
+    """Fit slot.new to y = old(x) on the rows (n, C); return its error before and after
+    (computed in float64, with the layer's parameters as they are)."""
     new = slot.new
     x, y = x.double(), y.double()
     with torch.no_grad():
-        before = relative_error(new(x.to(new.weight.dtype)), y)
+        before = relative_error(_float64(new)(x), y)
         probe = _unit_probe(new)
         s, m = input_stats(x)
         w0 = new.weight.detach().double()
@@ -276,12 +277,17 @@ def fit_layer(slot: Slot, x: torch.Tensor, y: torch.Tensor) -> tuple[float, floa
             new.bias.copy_(bias)
         slot.stats, slot.bend = (s, m), (a, b)
         slot.out_rms = y.pow(2).mean().sqrt().item() or 1.0
-        return before, relative_error(new(x.to(new.weight.dtype)), y)
+        return before, relative_error(_float64(new)(x), y)
+
+
+def _float64(layer: nn.Module) -> nn.Module:
+    """A float64 copy of the layer (float64 runs op by op: nothing to compile per shape)."""
+    return copy.deepcopy(layer).double().requires_grad_(False)
 
 
 def _unit_probe(layer: nn.Module) -> nn.Module:
     """A float64 copy of the layer with weight 1 and no bias: f(x) alone."""
-    probe = copy.deepcopy(layer).double().requires_grad_(False)
+    probe = _float64(layer)
     with torch.no_grad():
         probe.weight.fill_(1.0)
     probe.bias = None

@@ -21,8 +21,8 @@ layers' parameters only (everything else frozen) and runs on one batch at a time
 
 The original model is the converted one with the old norms put back in place (a context
 manager), so there is no copy of the model; at any time at most two batches' activations
-exist: the original's (no graph) and the converted one's (with its graph, while distilling).
-The fits keep, per norm, ``fit_tokens`` rows of its input and output besides.
+exist: the original's (no graph) and the converted one's (with its graph, while distilling),
+and while a layer is fitted, ``fit_tokens`` rows of its input and its norm's output.
 
 A batch is what the model takes: a tensor (``model(x)``), a tuple or list (``model(*b)``), or
 a dict of tensors: passed as keywords when every key names a parameter of the model's
@@ -377,20 +377,18 @@ class Calibration:
                 for parent, attr in slot.places:
                     setattr(parent, attr, slot.new)
 
-    def _module(self, slot: Slot, original: bool) -> nn.Module:
-        return slot.old if original else slot.new
-
-    def capture(self, batch, slot: Slot, original: bool, what: str) -> list[torch.Tensor]:
-        """The inputs (what="input") or outputs of one slot's calls in a forward of the batch,
-        the rest of the forward skipped once the slot has run its calls."""
+    def capture(self, batch, slot: Slot, original: bool) -> list[tuple]:
+        """(input, output) of each of the slot's calls in a forward of the batch by the
+        original or the converted model, the rest of the forward skipped once the slot has
+        run its calls."""
         seen = []
 
         def hook(_m, args, out):
-            seen.append((args[0] if what == "input" else out).detach())
+            seen.append((args[0].detach(), out.detach()))
             if len(seen) == slot.calls:
                 raise _Stop
 
-        handle = self._module(slot, original).register_forward_hook(hook)
+        handle = (slot.old if original else slot.new).register_forward_hook(hook)
         try:
             with torch.no_grad():
                 if original:
@@ -427,49 +425,37 @@ class Calibration:
         if mode not in FITS:
             raise ValueError(f"fit must be one of {list(FITS)}, got {mode!r}")
         self.census()
-        xs, ys = self._original_samples()              # one pass, every slot
-        for k, slot in enumerate(self.slots):
-            self.progress.bar("fit", k, len(self.slots), slot.names[0])
-            x = xs[k] if mode == "independent" else self._converted_sample(slot)
-            slot.report.before, slot.report.fitted = fit_layer(slot, x, ys[k])
-            xs[k] = ys[k] = None
-        self.progress.bar("fit", len(self.slots), len(self.slots))
-
-    def _original_samples(self):
-        """Per slot, its norm's inputs and outputs in the original model: the first
-        fit_tokens real tokens of the batches taken in a seeded random order (only as many
-        batches as that needs; self.fit_batches records them)."""
+        self.fit_batches = []
         order = torch.randperm(len(self.batches),
                                generator=torch.Generator().manual_seed(self.seed)).tolist()
-        xs, ys = [[] for _ in self.slots], [[] for _ in self.slots]
-        self.fit_batches = []
+        for k, slot in enumerate(self.slots):
+            self.progress.bar("fit", k, len(self.slots), slot.names[0])
+            x, y = self._sample(slot, order, converted=mode == "sequential")
+            slot.report.before, slot.report.fitted = fit_layer(slot, x, y)
+        self.progress.bar("fit", len(self.slots), len(self.slots))
+
+    def _sample(self, slot: Slot, order: list[int], converted: bool):
+        """The slot's inputs (from the converted model, or the original) and the old norm's
+        outputs in the original model on the same tokens: the first fit_tokens real tokens
+        of the batches taken in a seeded random order, only as many batches as that needs
+        (self.fit_batches: those any slot needed)."""
+        xs, ys, n = [], [], 0
         for i in order:
-            if all(sum(r.shape[0] for r in y) >= self.fit_tokens for y in ys):
+            if n >= self.fit_tokens:
                 break
             batch = self.batches[i]
-            self.fit_batches.append(batch)
-
-            def hook(_m, args, out, k):
-                xs[k].append(_rows(args[0], _mask(batch, out)))
-                ys[k].append(_rows(out, _mask(batch, out)))
-
-            handles = [s.old.register_forward_hook(lambda m, a, o, k=k: hook(m, a, o, k))
-                       for k, s in enumerate(self.slots)]
-            try:
-                with torch.no_grad(), self.original() as m:
-                    call(m, batch)
-            finally:
-                for h in handles:
-                    h.remove()
-        cut = [torch.cat(r)[:self.fit_tokens] for r in xs], [torch.cat(r)[:self.fit_tokens]
-                                                             for r in ys]
-        return cut
-
-    def _converted_sample(self, slot: Slot) -> torch.Tensor:
-        """The slot's inputs in the converted model, on the tokens of _original_samples."""
-        rows = [_rows(x, _mask(batch, x)) for batch in self.fit_batches
-                for x in self.capture(batch, slot, original=False, what="input")]
-        return torch.cat(rows)[:self.fit_tokens]
+            if not any(b is batch for b in self.fit_batches):
+                self.fit_batches.append(batch)
+            pairs = self.capture(batch, slot, original=True)
+            if converted:
+                pairs = [(x, y) for (x, _), (_, y) in
+                         zip(self.capture(batch, slot, original=False), pairs)]
+            for x, y in pairs:
+                mask = _mask(batch, y)
+                xs.append(_rows(x, mask))
+                ys.append(_rows(y, mask))
+                n += xs[-1].shape[0]
+        return torch.cat(xs)[:self.fit_tokens], torch.cat(ys)[:self.fit_tokens]
 
     # -- 2. distil --
 

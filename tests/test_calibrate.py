@@ -250,8 +250,10 @@ def test_the_fits_read_fit_tokens_rows_from_as_few_batches_as_hold_them():
     cal = report.calibration.calibration
     assert len(cal.fit_batches) == 3
     assert all(any(b is c for c in CAL) for b in cal.fit_batches)
-    xs, ys = cal._original_samples()
-    assert [x.shape for x in xs] == [y.shape for y in ys] == [torch.Size([50, C])] * 3
+    order = list(range(len(CAL)))
+    for slot in cal.slots:
+        x, y = cal._sample(slot, order, converted=True)
+        assert x.shape == y.shape == (50, C)
 
 
 # -- learning rates -------------------------------------------------------------------------------

@@ -114,7 +114,11 @@ def pick_output(out, output=None) -> torch.Tensor:
     if callable(output):
         t = output(out)
     elif output is not None:
-        t = out[output]
+        try:
+            t = out[output]
+        except (KeyError, IndexError, TypeError):
+            raise ValueError(f"output: the model's output ({type(out).__name__}) has no "
+                             f"{output!r}") from None
     elif isinstance(out, torch.Tensor):
         t = out
     else:

@@ -225,6 +225,9 @@ def test_output_picks_the_tensor_to_compare():
     with pytest.raises(TypeError, match="output must pick a floating-point tensor"):
         numeric.convert(model, "dyt_ln", calibrate=[{"x": CAL[0]}], output=lambda o: "no",
                         progress=False)
+    with pytest.raises(ValueError, match="output: the model's output .dict. has no 'logit'"):
+        numeric.convert(Keywords(), "dyt_ln", calibrate=[{"x": CAL[0]}], output="logit",
+                        progress=False)
     report = numeric.convert(Keywords(), "dyt_ln", calibrate=[{"x": b} for b in CAL], steps=2,
                              output=lambda o: o["hidden"], progress=False)
     assert report.calibration.steps == 2

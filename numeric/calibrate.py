@@ -607,6 +607,10 @@ def run(model: nn.Module, slots: list[Slot], batches, *, steps: int = DEFAULTS["
         root: nn.Module | None = None, **options) -> CalibrationReport:
     """Fit, distil ``steps`` steps, measure; the new layers' parameters change in place."""
     held = _check_batches(held_out, "held_out") if held_out is not None else None
+    for slot in slots:
+        if _scalars_of(slot.new) is None:
+            raise ValueError(f"calibrate: no fit for {type(slot.new).__name__} (known: "
+                             f"{', '.join(c.__name__ for c in SCALARS)})")
     was = [(m, m.training) for m in (model, root) if m is not None]
     for m, _ in was:
         m.eval()

@@ -923,6 +923,7 @@ def conversion_paragraphs(r: dict, tables: dict) -> list[str]:
     worst = sorted(drift, key=drift.get, reverse=True)[:3]
     local = b["local_distilled"]
     top_local = sorted(local, key=local.get, reverse=True)[:3]
+    rises = sum(drift[n] > b["drift_fitted"][n] for n in drift)
     tok = b["tokens"]
     ffn = [n for n in tok if n.endswith("ffn")]
     attn = [n for n in tok if n.endswith("attn")]
@@ -964,7 +965,14 @@ def conversion_paragraphs(r: dict, tables: dict) -> list[str]:
         f"drifts from the original's most at "
         f"{', '.join(f'{n} ({drift[n]:.2f})' for n in worst)} (relative error of each "
         f"LayerNorm position's output on the held-out tokens; it grows with depth, each layer "
-        f"adding its own error to what reaches it), and each layer's own error against its "
+        f"adding its own error to what reaches it). "
+        + (f"Distillation does not bring the hidden states back: the drift rises at {rises} of "
+           f"the {len(drift)} positions (pale bars: after the fits) while the sentence "
+           f"embeddings come closer; it trades fidelity inside the model for fidelity of its "
+           f"output. " if 2 * rises > len(drift) else
+           f"Distillation brings the hidden states closer too: the drift falls at "
+           f"{len(drift) - rises} of the {len(drift)} positions (pale bars: after the fits). ")
+        + f"Each layer's own error against its "
         f"LayerNorm on its inputs is largest at "
         f"{', '.join(f'{n} ({local[n]:.2f})' for n in top_local)}. By token: a LayerNorm "
         f"divides each token by its own scale s, an element-wise layer by one curve for all, "

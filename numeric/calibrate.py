@@ -9,8 +9,9 @@ layers' parameters only (everything else frozen) and runs on one batch at a time
 
 1. fit, each new layer in forward order on the converted model's own activations (the
    layers before it already fitted), to the output the original model's norm gave on the
-   same tokens: its 0-dim scalars by a grid search on a sample of its tokens, then its weight
-   and bias channel by channel by least squares (the ones the norm had);
+   same tokens (``fit_tokens`` of them, from as few batches as hold that many, chosen at
+   random): its 0-dim scalars by a grid search, then its weight and bias channel by
+   channel by least squares (the ones the norm had);
 2. distil: Adam on the new layers' parameters, minimizing 1 - cosine between the converted
    and the original model's outputs (along the output's last dimension) plus, weighted by
    ``layer_loss``, each new layer's squared error to the norm it replaced, relative to that
@@ -20,7 +21,8 @@ layers' parameters only (everything else frozen) and runs on one batch at a time
 
 The original model is the converted one with the old norms put back in place (a context
 manager), so there is no copy of the model; at any time at most two batches' activations
-exist: the original's (no graph) and the converted one's (with its graph, while distilling).
+exist: the original's (no graph) and the converted one's (with its graph, while distilling),
+and while a layer is fitted, ``fit_tokens`` rows of its input and its norm's output.
 
 A batch is what the model takes: a tensor (``model(x)``), a tuple or list (``model(*b)``), or
 a dict of tensors: passed as keywords when every key names a parameter of the model's
@@ -112,7 +114,11 @@ def pick_output(out, output=None) -> torch.Tensor:
     if callable(output):
         t = output(out)
     elif output is not None:
-        t = out[output]
+        try:
+            t = out[output]
+        except (KeyError, IndexError, TypeError):
+            raise ValueError(f"output: the model's output ({type(out).__name__}) has no "
+                             f"{output!r}") from None
     elif isinstance(out, torch.Tensor):
         t = out
     else:
@@ -173,7 +179,7 @@ class Slot:
 class LayerReport:
     """Relative RMS error |new(x) - old(x)| / |old(x)| of one new layer on its own inputs."""
     name: str
-    before: float = math.nan     # as the converter built it
+    before: float = math.nan     # as the converter built it, before the fit
     fitted: float = math.nan
     distilled: float = math.nan
 
@@ -190,10 +196,11 @@ class CalibrationReport:
     calibration: "Calibration | None" = field(default=None, repr=False)
 
     def __str__(self) -> str:
-        head = f"{'layer':<40} {'before':>9} {'fitted':>9} {'distilled':>9}"
+        w = max(len("layer"), *(len(r.name) for r in self.layers))
         lines = [f"relative RMS error of each new layer against its norm, on its own inputs "
-                 f"({self.fit} fit, {self.steps} distillation steps)", head]
-        lines += [f"{r.name:<40} {r.before:9.4g} {r.fitted:9.4g} {r.distilled:9.4g}"
+                 f"({self.fit} fit, {self.steps} distillation steps)",
+                 f"{'layer':<{w}} {'as built':>9} {'fitted':>9} {'distilled':>9}"]
+        lines += [f"{r.name:<{w}} {r.before:9.4g} {r.fitted:9.4g} {r.distilled:9.4g}"
                   for r in self.layers]
         lines += [f"held-out cosine to the original, {stage}: mean {mean:.4f}, min {low:.4f}"
                   for stage, (mean, low) in self.cosine.items()]
@@ -248,16 +255,18 @@ def input_stats(x: torch.Tensor) -> tuple[float, float]:
 
 
 def fit_layer(slot: Slot, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Fit slot.new to y = old(x) on the rows (n, C); return its error before and after."""
+    """Fit slot.new to y = old(x) on the rows (n, C); return its error before and after
+    (computed in float64, with the layer's parameters as they are)."""
     new = slot.new
     x, y = x.double(), y.double()
     with torch.no_grad():
-        before = relative_error(new(x.to(new.weight.dtype)), y)
+        before = relative_error(_float64(new)(x), y)
         probe = _unit_probe(new)
         s, m = input_stats(x)
         w0 = new.weight.detach().double()
         b0 = new.bias.detach().double() if new.bias is not None else torch.zeros_like(w0)
-        xs, ys = x[:SEARCH_TOKENS], y[:SEARCH_TOKENS]
+        pick = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
+        xs, ys = x[pick[:SEARCH_TOKENS]], y[pick[:SEARCH_TOKENS]]
 
         def sse(a, b):
             _set_scalars(probe, a, b, s, m)
@@ -272,12 +281,17 @@ def fit_layer(slot: Slot, x: torch.Tensor, y: torch.Tensor) -> tuple[float, floa
             new.bias.copy_(bias)
         slot.stats, slot.bend = (s, m), (a, b)
         slot.out_rms = y.pow(2).mean().sqrt().item() or 1.0
-        return before, relative_error(new(x.to(new.weight.dtype)), y)
+        return before, relative_error(_float64(new)(x), y)
+
+
+def _float64(layer: nn.Module) -> nn.Module:
+    """A float64 copy of the layer (float64 runs op by op: nothing to compile per shape)."""
+    return copy.deepcopy(layer).double().requires_grad_(False)
 
 
 def _unit_probe(layer: nn.Module) -> nn.Module:
     """A float64 copy of the layer with weight 1 and no bias: f(x) alone."""
-    probe = copy.deepcopy(layer).double().requires_grad_(False)
+    probe = _float64(layer)
     with torch.no_grad():
         probe.weight.fill_(1.0)
     probe.bias = None
@@ -297,26 +311,6 @@ def _search(sse, shift: bool) -> tuple[float, float]:
         best = min(best, *((sse(a0 + i * da, b0 + j * db), a0 + i * da, b0 + j * db)
                            for i, j in steps if (i, j) != (0, 0)))
     return best[1], best[2]
-
-
-class _Reservoir:
-    """The rows of least random key seen so far, at most ``size``: a uniform sample of all
-    the rows added, in bounded memory."""
-
-    def __init__(self, size: int):
-        self.size, self.keys, self.data = size, None, None
-
-    def add(self, keys: torch.Tensor, rows: torch.Tensor) -> None:
-        if self.keys is not None:
-            keys, rows = torch.cat([self.keys, keys]), torch.cat([self.data, rows])
-        if keys.numel() > self.size:
-            keep = torch.topk(keys, self.size, largest=False).indices
-            keys, rows = keys[keep], rows[keep]
-        self.keys, self.data = keys, rows
-
-    def rows(self) -> torch.Tensor:
-        """The rows kept, in the order of their keys."""
-        return self.data[torch.argsort(self.keys)]
 
 
 # --- the calibration --------------------------------------------------------------------------
@@ -387,20 +381,18 @@ class Calibration:
                 for parent, attr in slot.places:
                     setattr(parent, attr, slot.new)
 
-    def _module(self, slot: Slot, original: bool) -> nn.Module:
-        return slot.old if original else slot.new
-
-    def capture(self, batch, slot: Slot, original: bool, what: str) -> list[torch.Tensor]:
-        """The inputs (what="input") or outputs of one slot's calls in a forward of the batch,
-        the rest of the forward skipped once the slot has run its calls."""
+    def capture(self, batch, slot: Slot, original: bool) -> list[tuple]:
+        """(input, output) of each of the slot's calls in a forward of the batch by the
+        original or the converted model, the rest of the forward skipped once the slot has
+        run its calls."""
         seen = []
 
         def hook(_m, args, out):
-            seen.append((args[0] if what == "input" else out).detach())
+            seen.append((args[0].detach(), out.detach()))
             if len(seen) == slot.calls:
                 raise _Stop
 
-        handle = self._module(slot, original).register_forward_hook(hook)
+        handle = (slot.old if original else slot.new).register_forward_hook(hook)
         try:
             with torch.no_grad():
                 if original:
@@ -437,50 +429,37 @@ class Calibration:
         if mode not in FITS:
             raise ValueError(f"fit must be one of {list(FITS)}, got {mode!r}")
         self.census()
-        xs, ys = self._original_samples()              # one pass, every slot
+        self.fit_batches = []
+        order = torch.randperm(len(self.batches),
+                               generator=torch.Generator().manual_seed(self.seed)).tolist()
         for k, slot in enumerate(self.slots):
             self.progress.bar("fit", k, len(self.slots), slot.names[0])
-            x = xs[k] if mode == "independent" else self._converted_sample(slot)
-            slot.report.before, slot.report.fitted = fit_layer(slot, x, ys[k])
-            xs[k] = ys[k] = None
+            x, y = self._sample(slot, order, converted=mode == "sequential")
+            slot.report.before, slot.report.fitted = fit_layer(slot, x, y)
         self.progress.bar("fit", len(self.slots), len(self.slots))
 
-    def _keys(self, i: int, n: int) -> torch.Tensor:
-        """The random keys of batch i's n rows: the same in every pass, so every sample
-        keeps the same tokens (those of least key) in the same order."""
-        gen = torch.Generator().manual_seed(hash((self.seed, i, n)) % 2**63)
-        return torch.rand(n, generator=gen, dtype=torch.float64)
-
-    def _add(self, sample: _Reservoir, i: int, batch, t: torch.Tensor) -> None:
-        rows = _rows(t, _mask(batch, t))
-        sample.add(self._keys(i, rows.shape[0]), rows)
-
-    def _original_samples(self):
-        """Per slot, samples of its norm's inputs and outputs in the original model."""
-        xs = [_Reservoir(self.fit_tokens) for _ in self.slots]
-        ys = [_Reservoir(self.fit_tokens) for _ in self.slots]
-        for i, batch in enumerate(self.batches):
-            def hook(_m, args, out, k):
-                self._add(xs[k], i, batch, args[0])
-                self._add(ys[k], i, batch, out)
-            handles = [s.old.register_forward_hook(lambda m, a, o, k=k: hook(m, a, o, k))
-                       for k, s in enumerate(self.slots)]
-            try:
-                with torch.no_grad(), self.original() as m:
-                    call(m, batch)
-            finally:
-                for h in handles:
-                    h.remove()
-        return [r.rows() for r in xs], [r.rows() for r in ys]
-
-    def _converted_sample(self, slot: Slot) -> torch.Tensor:
-        """A sample of the slot's inputs in the converted model, on the tokens of
-        _original_samples."""
-        sample = _Reservoir(self.fit_tokens)
-        for i, batch in enumerate(self.batches):
-            for x in self.capture(batch, slot, original=False, what="input"):
-                self._add(sample, i, batch, x)
-        return sample.rows()
+    def _sample(self, slot: Slot, order: list[int], converted: bool):
+        """The slot's inputs (from the converted model, or the original) and the old norm's
+        outputs in the original model on the same tokens: the first fit_tokens real tokens
+        of the batches taken in a seeded random order, only as many batches as that needs
+        (self.fit_batches: those any slot needed)."""
+        xs, ys, n = [], [], 0
+        for i in order:
+            if n >= self.fit_tokens:
+                break
+            batch = self.batches[i]
+            if not any(b is batch for b in self.fit_batches):
+                self.fit_batches.append(batch)
+            pairs = self.capture(batch, slot, original=True)
+            if converted:
+                pairs = [(x, y) for (x, _), (_, y) in
+                         zip(self.capture(batch, slot, original=False), pairs)]
+            for x, y in pairs:
+                mask = _mask(batch, y)
+                xs.append(_rows(x, mask))
+                ys.append(_rows(y, mask))
+                n += xs[-1].shape[0]
+        return torch.cat(xs)[:self.fit_tokens], torch.cat(ys)[:self.fit_tokens]
 
     # -- 2. distil --
 
@@ -628,6 +607,10 @@ def run(model: nn.Module, slots: list[Slot], batches, *, steps: int = DEFAULTS["
         root: nn.Module | None = None, **options) -> CalibrationReport:
     """Fit, distil ``steps`` steps, measure; the new layers' parameters change in place."""
     held = _check_batches(held_out, "held_out") if held_out is not None else None
+    for slot in slots:
+        if _scalars_of(slot.new) is None:
+            raise ValueError(f"calibrate: no fit for {type(slot.new).__name__} (known: "
+                             f"{', '.join(c.__name__ for c in SCALARS)})")
     was = [(m, m.training) for m in (model, root) if m is not None]
     for m, _ in was:
         m.eval()

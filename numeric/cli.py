@@ -43,7 +43,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="the small configuration of the tests")
     p.add_argument("--config", choices=tuple(CONFIGS),
                    help="bench only: which shapes and repetitions (default: the device's)")
+    p.add_argument("--steps", type=_steps, metavar="N",
+                   help="real-model only (also within all): distillation steps of the "
+                        "converted model (default: 100, 2 with --quick)")
     return p
+
+
+def _steps(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return n
 
 
 def _check(args) -> None:
@@ -52,6 +65,9 @@ def _check(args) -> None:
         raise UsageError("argument --out: empty; name the folder to write into")
     if args.config and args.experiment != "bench":
         raise UsageError(f"argument --config: applies to bench only, not {args.experiment}")
+    if args.steps is not None and args.experiment not in ("real-model", "all"):
+        raise UsageError(f"argument --steps: applies to real-model only, not "
+                         f"{args.experiment}")
     needs_cuda = args.experiment == "gpu-verify" or args.config == "cuda"
     if needs_cuda and not torch.cuda.is_available():
         what = "gpu-verify" if args.experiment == "gpu-verify" else "bench --config cuda"
@@ -119,6 +135,8 @@ def _run(argv) -> int:
         out = root / name if args.experiment == "all" else root
         progress(f"{name}: running ({RUNNABLE[name][1]})")
         extra = {"config": args.config} if args.config else {}
+        if args.steps is not None and name == "real-model":
+            extra["steps"] = args.steps
         before = _files(out) if out.is_dir() else {}
         results = out / "results.json"
         try:

@@ -225,6 +225,9 @@ def test_output_picks_the_tensor_to_compare():
     with pytest.raises(TypeError, match="output must pick a floating-point tensor"):
         numeric.convert(model, "dyt_ln", calibrate=[{"x": CAL[0]}], output=lambda o: "no",
                         progress=False)
+    with pytest.raises(ValueError, match="output: the model's output .dict. has no 'logit'"):
+        numeric.convert(Keywords(), "dyt_ln", calibrate=[{"x": CAL[0]}], output="logit",
+                        progress=False)
     report = numeric.convert(Keywords(), "dyt_ln", calibrate=[{"x": b} for b in CAL], steps=2,
                              output=lambda o: o["hidden"], progress=False)
     assert report.calibration.steps == 2
@@ -243,17 +246,17 @@ def test_no_more_than_two_batches_of_activations_at_once():
     assert 3 <= Probe.peak <= 6
 
 
-def test_the_fit_sample_is_bounded_and_uniform():
-    """The reservoir keeps the rows of least key: the same rows however the adds are cut."""
-    g = torch.Generator().manual_seed(0)
-    keys, rows = torch.rand(100, generator=g, dtype=torch.float64), torch.randn(100, 3)
-    whole, parts = calibrate._Reservoir(10), calibrate._Reservoir(10)
-    whole.add(keys, rows)
-    for k, r in zip(keys.split(7), rows.split(7)):
-        parts.add(k, r)
-        assert parts.data.shape[0] <= 10
-    want = rows[torch.argsort(keys)[:10]]
-    assert torch.equal(whole.rows(), want) and torch.equal(parts.rows(), want)
+def test_the_fits_read_fit_tokens_rows_from_as_few_batches_as_hold_them():
+    """Batches of 4 x 6 = 24 tokens: 50 tokens take three batches (chosen at random), and
+    each layer is fitted on exactly 50 rows."""
+    report = numeric.convert(make(), "dyt_ln", calibrate=CAL, fit_tokens=50, progress=False)
+    cal = report.calibration.calibration
+    assert len(cal.fit_batches) == 3
+    assert all(any(b is c for c in CAL) for b in cal.fit_batches)
+    order = list(range(len(CAL)))
+    for slot in cal.slots:
+        x, y = cal._sample(slot, order, converted=True)
+        assert x.shape == y.shape == (50, C)
 
 
 # -- learning rates -------------------------------------------------------------------------------

@@ -86,6 +86,9 @@ def test_an_experiment_prints_a_short_summary_and_the_files_it_wrote(fake, tmp_p
     (["bench", "--out", "NEW", "--config", "huge"], "invalid choice: 'huge'"),
     (["outliers", "--out", "NEW", "--config", "cpu"], "argument --config: applies to bench only, not outliers"),
     (["outliers", "--out", ""], "--out: empty"),
+    (["outliers", "--out", "NEW", "--steps", "3"], "argument --steps: applies to real-model only"),
+    (["real-model", "--out", "NEW", "--steps", "-1"], "argument --steps: must be an integer >= 0"),
+    (["real-model", "--out", "NEW", "--steps", "many"], "argument --steps: must be an integer"),
     pytest.param(["bench", "--out", "NEW", "--config", "cuda"], "needs a CUDA device",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks a CPU machine")),
 ])
@@ -96,6 +99,16 @@ def test_bad_options_fail_at_once_and_create_nothing(fake, tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not fake and list(tmp_path.iterdir()) == []
+
+
+def test_steps_reach_the_real_model_experiment_only(fake, tmp_path):
+    """--steps goes to real-model's run (alone or within all), to no other experiment."""
+    assert main(["real-model", "--out", str(tmp_path / "a"), "--steps", "7"]) == 0
+    assert len(fake) == 1 and fake[0]["steps"] == 7
+    fake.clear()
+    assert main(["all", "--out", str(tmp_path / "b"), "--steps", "0"]) == 0
+    assert [kw.get("steps") for kw in fake] == [0 if name == "real-model" else None
+                                               for name in cli.EXPERIMENTS]
 
 
 _STANDIN = """

@@ -77,11 +77,37 @@ def test_outputs_written_and_linked(result):
     out, r = result
     summary = (out / "summary.md").read_text()
     assert summary.startswith("## real-model")
-    for stem in ("s_curves", "fit_errors", "replacement"):
+    for stem in ("s_curves", "fit_errors", "replacement", "conversion", "drift"):
         assert (out / f"{stem}.png").stat().st_size > 0 and f"]({stem}.png)" in summary
-    for stem in ("identity", "fit_rms", "fit_rms_extreme", "fit_params", "replacement"):
+    for stem in ("identity", "fit_rms", "fit_rms_extreme", "fit_params", "replacement",
+                 "conversion", "conversion_layers", "conversion_tokens"):
         assert (out / f"{stem}.csv").exists() and (out / f"{stem}.md").exists()
     assert f"{r['identity_max']:.3g}" in summary
+    assert "MATH.md" not in summary and "DESIGN.md" not in summary     # self-contained
+
+
+def test_every_conversion_method_and_target(result):
+    """Each target has the three methods measured on the held-out sentences; fitting in order
+    beats independent fits, and the curve starts at the in-order fits and has every step."""
+    _, r = result
+    c = r["conversion"]
+    assert c["calibrate"] + c["held_out"] == r["sentences"] and c["steps"] == R.SIZES[True]["steps"]
+    assert list(c["targets"]) == list(R.TARGETS)
+    for label, res in c["targets"].items():
+        for method in R.METHODS:
+            m = res[method]
+            assert -1 <= m["min"] <= m["mean"] <= 1 and 0 <= m["nn"] <= 1, (label, method)
+        assert res["sequential"]["mean"] > res["independent"]["mean"] + 0.02, label
+        assert [step for step, *_ in res["curve"]] == list(range(c["steps"] + 1))
+        assert res["curve"][0][1:] == tuple(res["sequential"].values())
+        assert res["clock"]["distil"][1] > 0 and len(res["history"]) == c["steps"]
+        assert set(res["drift_distilled"]) == set(res["tokens"]) == set(r["identity"])
+
+
+def test_time_is_accounted_by_phase(result):
+    _, r = result
+    assert math.isclose(sum(w for w, _ in r["clock"].values()), r["seconds"])
+    assert r["seconds_outside_distillation"] == r["seconds"] - r["clock"]["distillation"][0]
 
 
 # --- the pieces, without the model ----------------------------------------------------------
@@ -144,6 +170,33 @@ def test_short_names():
     assert R.short_name("0.model.embeddings.LayerNorm") == "emb"
     assert R.short_name("0.model.encoder.layer.3.attention.output.LayerNorm") == "L3 attn"
     assert R.short_name("0.model.encoder.layer.5.output.LayerNorm") == "L5 ffn"
+
+
+def test_split_is_seeded_disjoint_and_sorted_by_length():
+    sentences = [f"sentence {'x' * (i % 7)} {i}" for i in range(30)]
+    cal, held = R.split(sentences, 20)
+    assert (cal, held) == R.split(sentences, 20)
+    assert len(cal) == 20 and sorted(cal + held) == sorted(sentences)
+    assert [len(s) for s in cal] == sorted(len(s) for s in cal)
+
+
+def test_agreement_by_definition():
+    """Cosine to the original per row, and the share of rows whose nearest other row (by
+    cosine) is the same under both: computed here by brute force."""
+    g = torch.Generator().manual_seed(0)
+    original = torch.randn(9, 5, generator=g, dtype=torch.float64)
+    emb = original + 0.6 * torch.randn(9, 5, generator=g, dtype=torch.float64)
+
+    def nearest(e):
+        cos = [[(e[i] @ e[j] / (e[i].norm() * e[j].norm())).item() for j in range(9)]
+               for i in range(9)]
+        return [max((j for j in range(9) if j != i), key=lambda j: cos[i][j]) for i in range(9)]
+
+    want = np.mean([a == b for a, b in zip(nearest(emb), nearest(original))])
+    cos = [(emb[i] @ original[i] / (emb[i].norm() * original[i].norm())).item() for i in range(9)]
+    got = R.agreement(emb, original)
+    assert got["nn"] == want and 0 < want < 1
+    assert math.isclose(got["mean"], np.mean(cos)) and math.isclose(got["min"], min(cos))
 
 
 def test_fit_recovers_known_parameters():

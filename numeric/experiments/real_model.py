@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .. import DyISRULN, DyTLN
+from .placement import deterministic
 from .report import markdown_table, save_figure, write_summary, write_table
 
 NAME = "real-model"
@@ -47,9 +48,14 @@ SEED = 0
 BATCH = 32
 EXTREME = 0.01                        # the most extreme fraction of elements, by |x - mu|
 
-#: quick (the tests) -> sizes: sentences used, points per least-squares fit, tokens per panel.
-SIZES = {False: {"sentences": None, "fit_points": 200_000, "plot_tokens": 120},
-         True: {"sentences": 48, "fit_points": 40_000, "plot_tokens": 40}}
+#: quick (the tests) -> sizes: sentences used, of which calibrate (the rest held out),
+#: sentences per calibration batch, points per least-squares fit, tokens per panel, tokens
+#: per layer for the identity, distillation steps (default of --steps), steps between
+#: evaluations on the held-out sentences (at least; at most 20 evaluations per target).
+SIZES = {False: {"sentences": None, "calibrate": 200, "batch": 16, "fit_points": 20_000,
+                 "plot_tokens": 120, "identity_tokens": 256, "steps": 100, "eval_every": 25},
+         True: {"sentences": 48, "calibrate": 32, "batch": 16, "fit_points": 10_000,
+                "plot_tokens": 40, "identity_tokens": 64, "steps": 2, "eval_every": 1}}
 
 #: module path pieces -> short layer names ("emb", "L3 attn", "L3 ffn").
 _BLOCK = {"attention.output": "attn", "output": "ffn"}
@@ -194,10 +200,13 @@ def identity_form(x: torch.Tensor, eps: float) -> torch.Tensor:
     return math.sqrt(c - 1) * u / torch.sqrt(beta + u * u)
 
 
-def identity_error(cap: Captured) -> float:
-    """max |identity_form(x) - LayerNorm(x)| over the layer's tokens and channels."""
+def identity_error(cap: Captured, tokens: int, rng: np.random.Generator) -> float:
+    """max |identity_form(x) - LayerNorm(x)| over `tokens` random tokens of the layer (all
+    when it has fewer) and every channel."""
     eps = cap.module.eps
-    return (identity_form(cap.x, eps) - normalized(cap.x, eps)).abs().max().item()
+    n = cap.x.shape[0]
+    x = cap.x[torch.from_numpy(np.sort(rng.choice(n, size=min(tokens, n), replace=False)))]
+    return (identity_form(x, eps) - normalized(x, eps)).abs().max().item()
 
 
 # --- fits -----------------------------------------------------------------------------------
@@ -338,29 +347,208 @@ def cosines(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return (torch.sum(a * b, -1) / (a.norm(dim=-1) * b.norm(dim=-1))).numpy()
 
 
-def replaced_cosines(model, sentences, caps, fits, kind: str, names: list[str],
-                     original: torch.Tensor) -> np.ndarray:
-    """Per-sentence cosine between the original embeddings and those with the LayerNorms
-    `names` replaced by `kind` (a key of REPLACEMENTS)."""
+def replaced_embeddings(model, sentences, caps, fits, kind: str, names: list[str]):
+    """The sentence embeddings with the LayerNorms `names` replaced by `kind` (a key of
+    REPLACEMENTS)."""
     form, build = REPLACEMENTS[kind]
     by_name = {cap.name: cap for cap in caps}
     modules = {by_name[n].path: build(by_name[n].module, fits[n][form]["params"]) for n in names}
     with swapped(model, modules):
         emb, _ = forward(model, sentences)
-    return cosines(emb, original)
+    return emb
 
 
-def replacement_study(model, sentences, caps, fits, original, progress) -> dict:
-    """Cosine (mean, min) per replacement kind: all layers at once ("all") and each alone."""
+def replacement_study(model, sentences, caps, fits, progress) -> dict:
+    """Cosine to the original embeddings (mean, min) and nearest-neighbour agreement per
+    replacement kind, on `sentences`: all layers at once ("all") and each alone."""
     names = [cap.name for cap in caps]
+    original, _ = forward(model, sentences)
     study = {}
     for kind in REPLACEMENTS:
         progress(f"{NAME}: embeddings with {kind} in place of the LayerNorms")
         runs = {"all": names, **{n: [n] for n in names}}
-        study[kind] = {}
-        for label, which in runs.items():
-            cos = replaced_cosines(model, sentences, caps, fits, kind, which, original)
-            study[kind][label] = {"mean": float(cos.mean()), "min": float(cos.min())}
+        study[kind] = {label: agreement(replaced_embeddings(model, sentences, caps, fits, kind,
+                                                            which), original)
+                       for label, which in runs.items()}
+    return study
+
+
+# --- conversion with calibration (numeric.convert) ----------------------------------------
+
+#: numeric.convert targets compared, by label.
+TARGETS = {"DyT-LN": "dyt_ln", "DyISRU-LN": "dyisru_ln", "Derf": "derf"}
+#: the methods, in order: fits alone (numeric.convert's fit=...), then distillation.
+METHODS = {"independent": "independent fits (each on the original model's activations)",
+           "sequential": "fitted in order (each on the converted model's own activations)",
+           "distilled": "fitted in order, then distilled"}
+
+
+def split(sentences: list[str], n: int) -> tuple[list[str], list[str]]:
+    """A seeded random split: n sentences to calibrate on, the rest held out; each part
+    sorted by length, so that a batch holds sentences of about one length (little
+    padding)."""
+    order = np.random.default_rng(SEED).permutation(len(sentences))
+    parts = [sentences[i] for i in order[:n]], [sentences[i] for i in order[n:]]
+    return tuple(sorted(p, key=len) for p in parts)
+
+
+def feature_batches(model, sentences: list[str], size: int) -> list[dict]:
+    """The tokenized batches of `size` sentences: what the model takes."""
+    return [_features(model, sentences[i:i + size]) for i in range(0, len(sentences), size)]
+
+
+def embeddings(model, batches: list[dict]) -> torch.Tensor:
+    """The sentence embeddings (n, 384) of the batches."""
+    with torch.inference_mode():
+        return torch.cat([model(b)["sentence_embedding"] for b in batches])
+
+
+def nearest_neighbours(emb: torch.Tensor) -> torch.Tensor:
+    """For each sentence, the index of the most similar other sentence (cosine)."""
+    e = nn.functional.normalize(emb.double(), dim=-1)
+    sim = e @ e.T
+    sim.fill_diagonal_(-math.inf)
+    return sim.argmax(-1)
+
+
+def agreement(emb: torch.Tensor, original: torch.Tensor) -> dict:
+    """Cosine to the original (mean, min) and nearest-neighbour agreement: the share of
+    sentences whose most similar other sentence is the same under both."""
+    cos = cosines(emb, original)
+    nn_same = (nearest_neighbours(emb) == nearest_neighbours(original)).double().mean()
+    return {"mean": float(cos.mean()), "min": float(cos.min()), "nn": float(nn_same)}
+
+
+@contextmanager
+def timed(clock: dict, key: str):
+    """Adds the block's wall and CPU seconds to clock[key] = [wall, cpu]."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    try:
+        yield
+    finally:
+        wall, cpu = clock.setdefault(key, [0.0, 0.0])
+        clock[key] = [wall + time.perf_counter() - w0, cpu + time.process_time() - c0]
+
+
+def layer_drift(model, converted, batches: list[dict]) -> dict[str, float]:
+    """Per LayerNorm position: |converted's output - original's| / |original's| over the
+    real tokens of the batches, each model on its own activations."""
+    sums = {}
+    for b in batches:
+        outs = []
+        for m in (model, converted):
+            seen = {}
+            hooks = [mod.register_forward_hook(
+                lambda _m, _i, out, p=path: seen.setdefault(p, out.detach()))
+                for path, mod in _norm_paths(model, m).items()]
+            try:
+                with torch.inference_mode():
+                    m(b)
+            finally:
+                for h in hooks:
+                    h.remove()
+            outs.append(seen)
+        mask = b["attention_mask"].bool()
+        for path, ref in outs[0].items():
+            d, r = (outs[1][path] - ref)[mask].double(), ref[mask].double()
+            acc = sums.setdefault(short_name(path), [0.0, 0.0])
+            acc[0] += (d * d).sum().item()
+            acc[1] += (r * r).sum().item()
+    return {n: math.sqrt(a / b) for n, (a, b) in sums.items()}
+
+
+def _norm_paths(model, m) -> dict[str, nn.Module]:
+    """Module path of each of model's LayerNorms -> the module at that path in m."""
+    return {path: m.get_submodule(path) for path, _ in layer_norms(model).values()}
+
+
+#: a token is "high-scale" at a LayerNorm when its s is more than this many times the median.
+HIGH_SCALE = 2.0
+
+
+def token_errors(calibration, batches: list[dict], tokenizer) -> dict[str, dict]:
+    """Per new layer, on the held-out tokens: its error against its LayerNorm on its own
+    inputs, |new(x) - LN(x)| / |LN(x)| per token, for the high-scale tokens (s above
+    HIGH_SCALE times the layer's median s) and the others; the spread of s; the correlation
+    of the error with log s; the tokens most often high-scale."""
+    rows = {id(slot): [] for slot in calibration.slots}
+
+    def hook(slot, batch, x, out):
+        mask = batch["attention_mask"].bool()
+        with torch.no_grad():
+            y = slot.old(x)
+        err = ((out - y).double().norm(dim=-1) / y.double().norm(dim=-1))[mask]
+        rows[id(slot)].append((err, x.double().std(-1, unbiased=False)[mask],
+                               batch["input_ids"][mask]))
+
+    for b in batches:
+        handles = [slot.new.register_forward_hook(lambda _m, a, o, slot=slot: hook(slot, b, a[0], o))
+                   for slot in calibration.slots]
+        try:
+            embeddings(calibration.model, [b])
+        finally:
+            for h in handles:
+                h.remove()
+    out = {}
+    for slot in calibration.slots:
+        err, s, ids = (torch.cat(t) for t in zip(*rows[id(slot)]))
+        high = s > HIGH_SCALE * s.median()
+        common = torch.bincount(ids[high]).argsort(descending=True)[:3] if high.any() else []
+        out[short_name(slot.names[0])] = {
+            "error": err.mean().item(), "high_tokens": int(high.sum()),
+            "error_high": err[high].mean().item() if high.any() else math.nan,
+            "error_rest": err[~high].mean().item(),
+            "s_spread": (s.max() / s.min()).item(),
+            "corr_log_s": float(np.corrcoef(err.numpy(), np.log(s.numpy()))[0, 1]),
+            "high_scale": [tokenizer.convert_ids_to_tokens(int(i)) for i in common
+                           if int((ids[high] == i).sum()) > 0]}
+    return out
+
+
+def conversion_study(model, cal_sents: list[str], held_sents: list[str], size: dict,
+                     steps: int, progress) -> dict:
+    """Every target with every method: held-out cosine and nearest-neighbour agreement,
+    time, per-layer errors; for the distilled ones the curve against steps, the drift per
+    layer and the error per kind of token."""
+    import copy
+
+    import numeric
+
+    cal = feature_batches(model, cal_sents, size["batch"])
+    held = feature_batches(model, held_sents, BATCH)
+    original = embeddings(model, held)
+    original_cal = embeddings(model, cal)
+    study = {"calibrate": len(cal_sents), "held_out": len(held_sents), "steps": steps,
+             "batch": size["batch"], "targets": {}}
+    for label, to in TARGETS.items():
+        res = study["targets"][label] = {"clock": {}}
+        for fit in ("independent", "sequential"):
+            progress(f"{NAME}: {label}: {fit} fits")
+            converted = copy.deepcopy(model)
+            with timed(res["clock"], fit):
+                report = numeric.convert(converted, to, calibrate=cal, fit=fit,
+                                         output="sentence_embedding", seed=SEED, progress=False)
+            res[fit] = agreement(embeddings(converted, held), original)
+            res[f"{fit}_layers"] = [vars(r) for r in report.calibration.layers]
+        res["drift_fitted"] = layer_drift(model, converted, held)
+        res["curve"] = [(0, *res["sequential"].values())]
+        calibration = report.calibration.calibration
+        done, every = 0, max(size["eval_every"], steps // 20)
+        while done < steps:
+            chunk = min(every, steps - done)
+            with timed(res["clock"], "distil"):
+                calibration.distil(chunk)
+            done += chunk
+            res["curve"].append((done, *agreement(embeddings(converted, held), original).values()))
+            progress(f"{NAME}: {label}: distilled {done}/{steps} steps, held-out mean cosine "
+                     f"{res['curve'][-1][1]:.4f}")
+        res["distilled"] = dict(zip(("mean", "min", "nn"), res["curve"][-1][1:]))
+        res["distilled_on_calibration"] = agreement(embeddings(converted, cal), original_cal)
+        res["drift_distilled"] = layer_drift(model, converted, held)
+        res["local_distilled"] = dict(zip([short_name(s.names[0]) for s in calibration.slots],
+                                          calibration.local_errors()))
+        res["tokens"] = token_errors(calibration, held, model.tokenizer)
+        res["history"] = calibration.history
     return study
 
 
@@ -466,6 +654,69 @@ def plot_replacement(study: dict, out: Path) -> Path:
     return save_figure(fig, out, "replacement")
 
 
+#: what the conversion aims at on the held-out sentences.
+GOALS = {"mean": 0.97, "nn": 0.8}
+
+
+def plot_conversion(study: dict, out: Path) -> Path:
+    """Held-out mean and min cosine (left) and nearest-neighbour agreement (right) against
+    distillation steps, one colour per target; the fits alone at step 0 (x: independent)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    for k, (label, res) in enumerate(study["targets"].items()):
+        steps, mean, low, nn_ = (np.array(v) for v in zip(*res["curve"]))
+        colour = f"C{k}"
+        axes[0].plot(steps, mean, "-o", c=colour, ms=3, label=f"{label}: mean")
+        axes[0].plot(steps, low, "--", c=colour, lw=1, label=f"{label}: min")
+        axes[0].plot([0], [res["independent"]["mean"]], "x", c=colour, ms=8)
+        axes[1].plot(steps, nn_, "-o", c=colour, ms=3, label=label)
+        axes[1].plot([0], [res["independent"]["nn"]], "x", c=colour, ms=8)
+    for ax, key, what in ((axes[0], "mean", "cosine to the original embedding"),
+                          (axes[1], "nn", "nearest-neighbour agreement")):
+        ax.axhline(GOALS[key], c="grey", ls=":", lw=1)
+        ax.set_xlabel("distillation steps (Adam, one batch of "
+                      f"{study['batch']} sentences each)")
+        ax.set_ylabel(what)
+        ax.grid(True, alpha=0.3)
+    axes[0].plot([], [], "x", c="k", label="independent fits")
+    axes[0].legend(fontsize=8, ncol=2, loc="lower right")
+    axes[1].legend(fontsize=8, loc="lower right")
+    axes[0].set_title(f"Held-out cosine ({study['held_out']} sentences); dotted: goal "
+                      f"{GOALS['mean']}", fontsize=10)
+    axes[1].set_title(f"Held-out nearest-neighbour agreement; dotted: goal {GOALS['nn']}",
+                      fontsize=10)
+    fig.suptitle("all-MiniLM-L6-v2 with all 13 LayerNorms converted: fitted in order, then "
+                 "distilled (replacement parameters only)")
+    fig.tight_layout()
+    return save_figure(fig, out, "conversion")
+
+
+def plot_drift(study: dict, out: Path) -> Path:
+    """Per LayerNorm position, how far the converted model's output there is from the
+    original's (held-out tokens), after the fits and after distillation, per target."""
+    plt = _pyplot()
+    targets = study["targets"]
+    names = list(next(iter(targets.values()))["drift_fitted"])
+    pos = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(12, 4.6))
+    width = 0.8 / len(targets)
+    for k, (label, res) in enumerate(targets.items()):
+        off = pos + (k - (len(targets) - 1) / 2) * width
+        ax.bar(off, [res["drift_fitted"][n] for n in names], width, color=f"C{k}", alpha=0.35,
+               label=f"{label}: fitted in order")
+        ax.bar(off, [res["drift_distilled"][n] for n in names], width * 0.55, color=f"C{k}",
+               label=f"{label}: then distilled")
+    ax.set_xticks(pos, names, rotation=45, ha="right")
+    ax.set_xlabel("LayerNorm position")
+    ax.set_ylabel("|converted - original| / |original|")
+    ax.set_title("Where the converted model drifts: relative error of each LayerNorm "
+                 "position's output, held-out tokens")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=3)
+    fig.tight_layout()
+    return save_figure(fig, out, "drift")
+
+
 # --- tables and summary -------------------------------------------------------------------
 
 def token_scale_spread(cap: Captured) -> float:
@@ -498,6 +749,61 @@ def replacement_table(study: dict, out: Path) -> str:
     header = ["replaced"] + [f"{k} cosine {s}" for k in study for s in ("mean", "min")]
     rows = [[r] + [study[k][r][s] for k in study for s in ("mean", "min")] for r in labels]
     write_table(out, "replacement", header, rows)
+    return markdown_table(header, rows)
+
+
+def conversion_table(study: dict, replacement: dict, out: Path) -> str:
+    """Every method and target: held-out cosine (mean, min), nearest-neighbour agreement,
+    wall and CPU seconds (fits, or fits and distillation)."""
+    header = ["method", "target", "cosine mean", "cosine min", "nearest-neighbour agreement",
+              "wall s", "CPU s"]
+    rows = [[f"global least squares (the fits above), {study['held_out']} held-out", label,
+             replacement[kind]["all"]["mean"], replacement[kind]["all"]["min"],
+             replacement[kind]["all"]["nn"], "", ""]
+            for label, kind in (("DyT-LN", "DyT"), ("DyISRU-LN", "DyISRU"))]
+    for method, text in METHODS.items():
+        if method == "distilled":
+            text = f"{text} ({study['steps']} steps)"
+        for label, res in study["targets"].items():
+            clock = _clock(res, method)
+            rows.append([text, label, res[method]["mean"], res[method]["min"], res[method]["nn"],
+                         round(clock[0], 1), round(clock[1], 1)])
+    write_table(out, "conversion", header, rows)
+    return markdown_table(header, rows)
+
+
+def _clock(res: dict, method: str) -> list[float]:
+    """[wall, CPU] seconds of a method: its fits, and the distillation for "distilled"."""
+    if method != "distilled":
+        return res["clock"][method]
+    fit, distil = res["clock"]["sequential"], res["clock"].get("distil", [0.0, 0.0])
+    return [fit[0] + distil[0], fit[1] + distil[1]]
+
+
+def conversion_layer_table(study: dict, out: Path) -> str:
+    """Per target and layer: the fitted-in-order layer's error against its LayerNorm on its
+    own inputs (as built, fitted, distilled) and its position's drift from the original."""
+    header = ["target", "layer", "error as built", "error fitted", "error distilled",
+              "drift fitted", "drift distilled"]
+    rows = []
+    for label, res in study["targets"].items():
+        for row in res["sequential_layers"]:
+            n = short_name(row["name"])
+            rows.append([label, n, row["before"], row["fitted"], res["local_distilled"][n],
+                         res["drift_fitted"][n], res["drift_distilled"][n]])
+    write_table(out, "conversion_layers", header, rows)
+    return markdown_table(header, rows)
+
+
+def token_table(study: dict, label: str, out: Path) -> str:
+    """Per layer of one distilled target: its error on high-scale tokens and the others."""
+    header = ["layer", "token s max/min", "error, all tokens", "high-scale tokens",
+              "error, high-scale", "error, others", "corr(error, log s)",
+              "most often high-scale"]
+    rows = [[n, t["s_spread"], t["error"], t["high_tokens"], t["error_high"], t["error_rest"],
+             t["corr_log_s"], " ".join(t["high_scale"]) or "-"]
+            for n, t in study["targets"][label]["tokens"].items()]
+    write_table(out, "conversion_tokens", header, rows)
     return markdown_table(header, rows)
 
 
@@ -536,8 +842,9 @@ def summary_paragraphs(r: dict, tables: dict) -> list[str]:
     worst_t, worst_i = _worst_single(study["DyT"]), _worst_single(study["DyISRU"])
     return [
         f"all-MiniLM-L6-v2 (C = 384, LayerNorm eps = {r['eps']:g}) ran on {r['sentences']} "
-        f"English sentences ({r['tokens']} non-padding tokens); forward hooks captured the input "
-        f"and output of all {n} LayerNorms. The normalized output y = (x - mu)/sqrt(var + eps), "
+        f"English sentences, split at random (seed {SEED}) into {r['calibrate']} to calibrate "
+        f"on and {r['held_out']} held out. On the {r['calibrate']} ({r['tokens']} non-padding "
+        f"tokens) forward hooks captured the input and output of all {n} LayerNorms. The normalized output y = (x - mu)/sqrt(var + eps), "
         f"recomputed in float64, matches the module's output with its affine undone to float32 "
         f"precision (worst {r['affine_max']:.3g} units of eps32 x (|y| + |bias/weight| + 1)).",
         "![S-curves of every LayerNorm, with the fitted DyT and DyISRU curves](s_curves.png)",
@@ -546,10 +853,11 @@ def summary_paragraphs(r: dict, tables: dict) -> list[str]:
         "of many such lines. The feed-forward LayerNorms' inputs carry massive activations "
         f"(|x| up to {r['max_abs_x']:.0f}), which sit at y close to the bound ±sqrt(C-1) = "
         f"±{bound:.2f}; the attention LayerNorms' inputs stay within ±{r['max_abs_x_attn']:.1f}.",
-        f"The identity of MATH.md section 5 holds on these real activations: with m_i and Q_i "
-        f"computed from the other channels of each token, sqrt(C-1)(x_i - m_i)/sqrt(beta_i + "
-        f"(x_i - m_i)^2), beta_i = C(Q_i + C eps)/(C-1), differs from LayerNorm by at most "
-        f"{r['identity_max']:.3g} over all layers, tokens and channels (|y| <= {bound:.1f}: "
+        f"The identity behind DyISRU-LN (derivation.md, `dyisru_ln`) holds on these real "
+        f"activations: with m_i and Q_i computed from the other channels of each token, "
+        f"sqrt(C-1)(x_i - m_i)/sqrt(beta_i + (x_i - m_i)^2), beta_i = C(Q_i + C eps)/(C-1), "
+        f"differs from LayerNorm by at most {r['identity_max']:.3g} over all layers, "
+        f"{r['identity_tokens']} random tokens per layer and all channels (|y| <= {bound:.1f}: "
         f"float64 rounding, {r['identity_max'] / bound:.2g} relative to the bound).",
         tables["identity"],
         "![RMS error of the global fits per layer, all elements and the extreme 1%]"
@@ -580,7 +888,8 @@ def summary_paragraphs(r: dict, tables: dict) -> list[str]:
         "![1 - cosine similarity of the sentence embeddings after replacement](replacement.png)",
         f"Replacement: each LayerNorm becomes numeric.DyTLN (from the 3-parameter DyT fit) or "
         f"numeric.DyISRULN (from the shifted DyISRU fit), the LayerNorm's weight folded into the "
-        f"layer's weight (times gamma, or sqrt(C-1)) and its bias kept. With all {n} replaced "
+        f"layer's weight (times gamma, or sqrt(C-1)) and its bias kept. On the "
+        f"{r['held_out']} held-out sentences, with all {n} replaced "
         f"at once, the sentence embeddings keep a cosine similarity to the original of "
         f"{study['DyT']['all']['mean']:.4f} on average (worst {study['DyT']['all']['min']:.4f}) "
         f"with DyT and {study['DyISRU']['all']['mean']:.4f} (worst "
@@ -589,7 +898,98 @@ def summary_paragraphs(r: dict, tables: dict) -> list[str]:
         f"{worst_i[0]} for DyISRU (mean {worst_i[1]['mean']:.4f}). No retraining: these are "
         f"the fitted layers dropped into the pretrained model.",
         tables["replacement"],
-        f"Run time: {r['seconds']:.0f} s.",
+        *conversion_paragraphs(r, tables),
+        f"Run time: {r['seconds']:.0f} s wall, {r['cpu_seconds']:.0f} s CPU (one intra-op "
+        f"thread); outside the distillation {r['seconds_outside_distillation']:.0f} s wall, "
+        f"{r['cpu_seconds_outside_distillation']:.0f} s CPU. Wall / CPU seconds by phase: "
+        + ", ".join(f"{k} {w:.0f} / {c:.0f}" for k, (w, c) in r["clock"].items()) + ".",
+    ]
+
+
+def best_target(study: dict) -> str:
+    """The target of the highest held-out mean cosine after distillation."""
+    t = study["targets"]
+    return max(t, key=lambda k: t[k]["distilled"]["mean"])
+
+
+def conversion_paragraphs(r: dict, tables: dict) -> list[str]:
+    c = r["conversion"]
+    t = c["targets"]
+    best = best_target(c)
+    b = t[best]
+    reached = [k for k, v in t.items()
+               if v["distilled"]["mean"] >= GOALS["mean"] and v["distilled"]["nn"] >= GOALS["nn"]]
+    drift = b["drift_distilled"]
+    worst = sorted(drift, key=drift.get, reverse=True)[:3]
+    local = b["local_distilled"]
+    top_local = sorted(local, key=local.get, reverse=True)[:3]
+    rises = sum(drift[n] > b["drift_fitted"][n] for n in drift)
+    tok = b["tokens"]
+    ffn = [n for n in tok if n.endswith("ffn")]
+    attn = [n for n in tok if n.endswith("attn")]
+    high = sorted((n for n in tok if tok[n]["high_tokens"]),
+                  key=lambda n: tok[n]["error_high"], reverse=True)[:3]
+    cpu = _clock(b, "distilled")[1]
+    steps = c["steps"]
+    return [
+        f"Conversion with calibration: `numeric.convert(model, to=..., calibrate=batches, "
+        f"steps=N, held_out=...)` on the same split ({c['calibrate']} calibration sentences in "
+        f"batches of {c['batch']}, every number below on the {c['held_out']} held-out ones). "
+        f"All {len(drift)} LayerNorms are replaced and only the new layers' parameters change "
+        f"(alpha or beta, shift, and weight and bias per channel), the rest of the model "
+        f"frozen. Independent fits: each layer fitted to its LayerNorm on the original "
+        f"model's activations (the scalars by a grid search, weight and bias by least squares "
+        f"per channel). Fitted in order: each layer fitted on the converted model's own "
+        f"activations, the layers before it already replaced, to what the original "
+        f"LayerNorm gave on the same tokens. Then distilled: Adam on 1 - cosine between the "
+        f"converted and the original sentence embeddings, one batch a step, each parameter's "
+        f"learning rate 3e-3 times its scale (the input's standard deviation for a shift, "
+        f"alpha itself for alpha).",
+        tables["conversion"],
+        "![Held-out cosine and nearest-neighbour agreement against distillation steps]"
+        "(conversion.png)",
+        f"Fitting in order is worth more than fitting each layer alone (mean cosine "
+        f"{b['independent']['mean']:.3f} -> {b['sequential']['mean']:.3f} for {best}): each "
+        f"layer then corrects the drift of those before it. Distillation does the rest: after "
+        f"{steps} steps ({cpu:.0f} s CPU with the fits) {best} keeps a mean cosine of "
+        f"{b['distilled']['mean']:.4f} (min {b['distilled']['min']:.4f}) and a "
+        f"nearest-neighbour agreement of {b['distilled']['nn']:.2f} on the held-out sentences, "
+        f"and {b['distilled_on_calibration']['mean']:.4f} (min "
+        f"{b['distilled_on_calibration']['min']:.4f}) on the {c['calibrate']} it was "
+        f"distilled on: the gap is what does not carry over to new sentences, the rest is "
+        f"what the element-wise layers cannot reproduce even where they were trained. The "
+        f"goal (held-out mean >= {GOALS['mean']}, agreement >= {GOALS['nn']}) is "
+        + (f"reached by {', '.join(reached)}." if reached else "not reached by any target."),
+        "![Drift per LayerNorm position after the fits and after distillation](drift.png)",
+        f"Where it stops ({best}, after distillation). By layer: the converted model's output "
+        f"drifts from the original's most at "
+        f"{', '.join(f'{n} ({drift[n]:.2f})' for n in worst)} (relative error of each "
+        f"LayerNorm position's output on the held-out tokens; it grows with depth, each layer "
+        f"adding its own error to what reaches it). "
+        + (f"Distillation does not bring the hidden states back: the drift rises at {rises} of "
+           f"the {len(drift)} positions (pale bars: after the fits) while the sentence "
+           f"embeddings come closer; it trades fidelity inside the model for fidelity of its "
+           f"output. " if 2 * rises > len(drift) else
+           f"Distillation brings the hidden states closer too: the drift falls at "
+           f"{len(drift) - rises} of the {len(drift)} positions (pale bars: after the fits). ")
+        + f"Each layer's own error against its "
+        f"LayerNorm on its inputs is largest at "
+        f"{', '.join(f'{n} ({local[n]:.2f})' for n in top_local)}. By token: a LayerNorm "
+        f"divides each token by its own scale s, an element-wise layer by one curve for all, "
+        f"so it is right for the typical token and wrong for those whose s is far from it. "
+        f"At the feed-forward LayerNorms s spreads by a factor of "
+        f"{min(tok[n]['s_spread'] for n in ffn):.0f} to {max(tok[n]['s_spread'] for n in ffn):.0f}"
+        f" across tokens (the massive activations sit in a few tokens), at the attention ones "
+        f"by {max(tok[n]['s_spread'] for n in attn):.1f} at most; the error follows log s "
+        f"(correlation {min(tok[n]['corr_log_s'] for n in ffn):.2f} to "
+        f"{max(tok[n]['corr_log_s'] for n in ffn):.2f} at the feed-forward ones), and the "
+        f"high-scale tokens (s above {HIGH_SCALE:g} times the median) are off by "
+        + ", ".join(f"{tok[n]['error_high']:.2f} at {n} ({tok[n]['high_tokens']} tokens, mostly "
+                    f"{' '.join(tok[n]['high_scale'][:2])}; others {tok[n]['error_rest']:.2f})"
+                    for n in high)
+        + ". Per layer and target, the errors as built, fitted and distilled and the drift are "
+        "in [conversion_layers.md](conversion_layers.md); per layer and kind of token:",
+        tables["conversion_tokens"],
     ]
 
 
@@ -600,43 +1000,75 @@ def _compact(fits: dict) -> dict:
                 for form, v in f.items()} for n, f in fits.items()}
 
 
-def run(out: Path, *, quick: bool = False, progress=print) -> dict:
-    """Load the model, capture its LayerNorms, check the identity, fit, replace; write the
-    figures, tables and summary.md into `out`; return the key numbers."""
-    t0 = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def run(out: Path, *, quick: bool = False, progress=print, steps: int | None = None) -> dict:
+    """Load the model, capture its LayerNorms on the calibration sentences, check the
+    identity, fit, replace, convert with numeric.convert (fits, then ``steps`` distillation
+    steps; default SIZES[quick]["steps"]); write the figures, tables and summary.md into
+    `out`; return the key numbers."""
     size = SIZES[quick]
+    steps = size["steps"] if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    with deterministic():
+        return _run(Path(out), size, steps, progress)
+
+
+def _run(out: Path, size: dict, steps: int, progress) -> dict:
+    clock: dict[str, list[float]] = {}          # phase -> [wall, CPU] seconds
+    out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(SEED)
     torch.manual_seed(SEED)
     progress(f"{NAME}: loading all-MiniLM-L6-v2")
-    model = load_model()
-    sentences = load_sentences(size["sentences"])
-    progress(f"{NAME}: capturing LayerNorms on {len(sentences)} sentences")
-    caps, original = capture(model, sentences)
-    progress(f"{NAME}: checking the identity on {caps[0].x.shape[0]} tokens x {len(caps)} layers")
-    identity = {cap.name: identity_error(cap) for cap in caps}
-    affine = {cap.name: affine_error(cap) for cap in caps}
+    with timed(clock, "load and capture"):
+        model = load_model()
+        calibrate, held_out = split(load_sentences(size["sentences"]), size["calibrate"])
+        progress(f"{NAME}: capturing LayerNorms on {len(calibrate)} sentences")
+        caps, _ = capture(model, calibrate)
+    progress(f"{NAME}: checking the identity on {size['identity_tokens']} tokens x "
+             f"{len(caps)} layers")
+    with timed(clock, "identity"):
+        identity = {cap.name: identity_error(cap, size["identity_tokens"], rng) for cap in caps}
+        affine = {cap.name: affine_error(cap) for cap in caps}
     fits = {}
-    for cap in caps:
-        progress(f"{NAME}: fitting {cap.name}")
-        fits[cap.name] = fit_layer(cap, size["fit_points"], rng)
-    study = replacement_study(model, sentences, caps, fits, original, progress)
+    with timed(clock, "global fits"):
+        for cap in caps:
+            progress(f"{NAME}: fitting {cap.name}")
+            fits[cap.name] = fit_layer(cap, size["fit_points"], rng)
+    with timed(clock, "replacement"):
+        study = replacement_study(model, held_out, caps, fits, progress)
+    with timed(clock, "conversion"):
+        conversion = conversion_study(model, calibrate, held_out, size, steps, progress)
     progress(f"{NAME}: figures")
-    plot_s_curves(caps, fits, size["plot_tokens"], rng, out)
-    plot_fit_errors(fits, out)
-    plot_replacement(study, out)
-    spread = {cap.name: token_scale_spread(cap) for cap in caps}
-    tables = {**fit_tables(fits, spread, out), "identity": check_table(caps, identity, affine, out),
-              "replacement": replacement_table(study, out)}
-    result = {"sentences": len(sentences), "tokens": int(caps[0].x.shape[0]),
+    with timed(clock, "figures and tables"):
+        plot_s_curves(caps, fits, size["plot_tokens"], rng, out)
+        plot_fit_errors(fits, out)
+        plot_replacement(study, out)
+        plot_conversion(conversion, out)
+        plot_drift(conversion, out)
+        spread = {cap.name: token_scale_spread(cap) for cap in caps}
+        tables = {**fit_tables(fits, spread, out),
+                  "identity": check_table(caps, identity, affine, out),
+                  "replacement": replacement_table(study, out),
+                  "conversion": conversion_table(conversion, study, out),
+                  "conversion_layers": conversion_layer_table(conversion, out),
+                  "conversion_tokens": token_table(conversion, best_target(conversion), out)}
+    distil = [res["clock"].get("distil", [0.0, 0.0]) for res in conversion["targets"].values()]
+    clock["distillation"] = [sum(d[0] for d in distil), sum(d[1] for d in distil)]
+    clock["conversion"] = [a - b for a, b in zip(clock["conversion"], clock["distillation"])]
+    total = [sum(v[i] for v in clock.values()) for i in (0, 1)]
+    result = {"sentences": len(calibrate) + len(held_out), "calibrate": len(calibrate),
+              "held_out": len(held_out), "tokens": int(caps[0].x.shape[0]),
               "eps": caps[0].module.eps, "fit_points": size["fit_points"],
+              "identity_tokens": size["identity_tokens"],
               "identity_max": max(identity.values()), "identity": identity,
               "affine_max": max(affine.values()),
               "max_abs_x": max(cap.x.abs().max().item() for cap in caps),
               "max_abs_x_attn": max(cap.x.abs().max().item() for cap in caps
                                     if cap.name.endswith("attn")),
               "token_scale_spread": spread,
-              "fits": fits, "replacement": study, "seconds": time.perf_counter() - t0}
+              "fits": fits, "replacement": study, "conversion": conversion,
+              "clock": clock, "seconds": total[0], "cpu_seconds": total[1],
+              "seconds_outside_distillation": total[0] - clock["distillation"][0],
+              "cpu_seconds_outside_distillation": total[1] - clock["distillation"][1]}
     write_summary(out, NAME, summary_paragraphs(result, tables))
     return {**result, "fits": _compact(fits)}

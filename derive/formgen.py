@@ -1,6 +1,6 @@
 """A layer for a formula of one's own: ``dynorm generate --form NAME=EXPR --out FILE``.
 
-The formula f(x; scalars) becomes ``codegen.Form.of(NAME, f)``, and from there the path of
+The formula f(x; scalars) becomes ``layers.Form.of(NAME, f)``, and from there the path of
 the built-in forms: y = weight * f + bias, its first and second derivatives and its
 forward-mode product, each the symbolic derivative after the numerical-safety and speed
 rules (each application checked), printed by ``TorchPrinter`` after CSE. Around them, a
@@ -17,9 +17,10 @@ import string
 
 import sympy as sp
 
-from .codegen import Form, Function, emit, torch_functions
+from .codegen import emit, torch_functions
+from .layers import Form, Function
 from .formula import FormulaError, identifier, parse
-from .printer import UnsupportedNode
+from .printers import UnsupportedNode
 from .symbols import x
 
 #: A scalar without ``--init`` starts at this value (the formula as written at scalar 1).

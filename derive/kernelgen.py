@@ -1,7 +1,7 @@
 """Triton kernels from the catalog: per layer form one forward and one backward kernel.
 
-The math is the PyTorch code's (codegen): the catalog's layer form, its sympy derivatives,
-the same numerical-safety rules; then the kernel rules of ``rewrites`` replace what Triton's
+The math is the PyTorch code's (derive.layers): the catalog's layer form, its sympy derivatives,
+the same numerical-safety rules; then the kernel rules of ``rules`` replace what Triton's
 interpreter cannot run (tanh, 1/cosh^2, hypot) by core ``tl`` math, each application
 checked, and ``TritonPrinter`` prints the bodies after CSE. Only the skeleton around a
 body (pointers, masks, loads, stores, the reduction) is written here, once for all forms.
@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import sympy as sp
 
 from .catalog import result
-from .codegen import (BANNER, FORMS, applies, layer_functions, op_count, bias, grad, layer_step,
-                      shift, statements, template_rewrite, weight)
-from .rewrites import KERNEL_RULES, Rewritten
-from .symbols import x
-from .triton_printer import triton_code
+from .codegen import BANNER, op_count, statements
+from .layers import FORMS, layer_functions, layer_step
+from .printers import triton_code
+from .rules import KERNEL_RULES, Rewritten, applies, template_rewrite
+from .symbols import bias, grad, shift, weight, x
 
 #: The clamp's bound: float32's largest finite value (a constexpr of the generated module).
 FLOAT32_MAX = sp.Symbol("FLOAT32_MAX", positive=True)
@@ -80,7 +80,7 @@ def _kernels(name: str) -> tuple[Kernel, Kernel]:
 
 def _lines(kernel: Kernel, indent: str) -> tuple[list[str], int]:
     """The printed body: the clamp, z = x - shift (clamped too: it overflows for x = 3e38,
-    shift = -1e38, see codegen.SHIFT), temporaries, outputs; and its op count."""
+    shift = -1e38, see layers.SHIFT), temporaries, outputs; and its op count."""
     pre = [(x, _CLAMP)] + ([(FORMS[kernel.name].var, _CLAMP.subs(x, x - shift))]
                            if kernel.shifted else [])
     assigned, body = statements(kernel.outputs)

@@ -98,3 +98,5 @@ w = sp.Symbol("w", positive=True)     # |x - x0|, to look at one side of x0
 t = sp.Symbol("t", positive=True)     # (x - x0) / k, when G(y) = k H(y / bound) is inverted
 z = sp.Symbol("z", real=True)         # x - x0, the input measured from the form's shift
 K = sp.Symbol("K", positive=True)     # the integration constant of the DyISRU family
+# The generated layers' symbols: y = weight * f + bias, and the gradient arriving at y.
+weight, bias, grad = sp.symbols("weight bias grad", real=True)

@@ -30,7 +30,7 @@ import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from . import codegen
+from . import layers, symbols
 from .catalog import NAMES
 from .formula import FormulaError, parse
 from .symbols import x
@@ -135,34 +135,34 @@ def assert_close(got: torch.Tensor, ref: torch.Tensor, *, scale=None, dtype=None
 
 # -- what is tested: a layer y = weight * f + bias -------------------------------------------
 
-def _formula_form(name: str, f: sp.Expr) -> codegen.Form:
+def _formula_form(name: str, f: sp.Expr) -> layers.Form:
     f = f.subs({s: x for s in f.free_symbols if s.name == x.name and s != x})
     if x not in f.free_symbols:
         raise FormulaError(f"form {name!r} is neither a layer form of the catalog "
-                           f"({', '.join(codegen.FORMS)}) nor a formula of x")
-    taken = {s.name for s in f.free_symbols} & {codegen.weight.name, codegen.bias.name}
+                           f"({', '.join(layers.FORMS)}) nor a formula of x")
+    taken = {s.name for s in f.free_symbols} & {symbols.weight.name, symbols.bias.name}
     if taken:
         raise FormulaError(f"the formula may not use {sorted(taken)}: y = weight * f + bias")
-    return codegen.Form.of(name, f)
+    return layers.Form.of(name, f)
 
 
-def spec(form) -> codegen.Form:
-    """What is tested against, as the generated code is made from it (``codegen.Form``: the
+def spec(form) -> layers.Form:
+    """What is tested against, as the generated code is made from it (``layers.Form``: the
     layer weight * f + bias and its scalars): a layer form's name ("dyt"), a formula of x
     (text or SymPy), or a Form."""
-    if isinstance(form, codegen.Form):
+    if isinstance(form, layers.Form):
         return form
     if isinstance(form, str):
-        if form in codegen.FORMS:
-            return codegen.FORMS[form]
+        if form in layers.FORMS:
+            return layers.FORMS[form]
         if form in NAMES:
             raise ValueError(f"form {form!r} is a result of the catalog but not an element-wise "
-                             f"layer form ({', '.join(codegen.FORMS)})")
+                             f"layer form ({', '.join(layers.FORMS)})")
         return _formula_form(form, parse(form))
     if isinstance(form, sp.Expr):
         return _formula_form(sp.sstr(form), form)
     raise TypeError(f"form must be a layer form's name, a formula of x (str or SymPy) or a "
-                    f"codegen.Form, got {type(form).__name__}")
+                    f"layers.Form, got {type(form).__name__}")
 
 
 def layer_expr(form) -> sp.Expr:
@@ -177,7 +177,7 @@ def params(form) -> tuple[sp.Symbol, ...]:
 
 def wrt(form) -> tuple[sp.Symbol, ...]:
     """What the derivatives are taken in: x, the scalars, weight."""
-    return (x, *params(form), codegen.weight)
+    return (x, *params(form), symbols.weight)
 
 
 # -- references: the formulas in mpmath ------------------------------------------------------
@@ -189,7 +189,7 @@ DIGITS = 50
 PRECISIONS = (DIGITS, 120, 450)
 
 
-def _symbols(s: codegen.Form, what: str) -> tuple[sp.Symbol, ...]:
+def _symbols(s: layers.Form, what: str) -> tuple[sp.Symbol, ...]:
     """The symbols of "d_a" or "d2_a_b" (a, b among x, the scalars, weight)."""
     names = {v.name: v for v in wrt(s)}
     if what.startswith("d2_"):
@@ -204,12 +204,12 @@ def _symbols(s: codegen.Form, what: str) -> tuple[sp.Symbol, ...]:
 
 
 @cache
-def _lambda(s: codegen.Form, what: str):
+def _lambda(s: layers.Form, what: str):
     """The mpmath callable of (x, scalars..., weight, bias) for ``what``: "y", "f", a first
     derivative "d_a" or a second derivative "d2_a_b"."""
     e = s.layer
     if what == "f":
-        e = (e - codegen.bias) / codegen.weight
+        e = (e - symbols.bias) / symbols.weight
     elif what.startswith("d2_"):
         # over one denominator: 1 - x^2/(beta + x^2) would cancel at every precision below
         e = sp.factor(sp.together(sp.diff(e, *_symbols(s, what))))
@@ -217,7 +217,7 @@ def _lambda(s: codegen.Form, what: str):
         # SymPy's exact simplification keeps e.g. beta/(beta + x^2)^(3/2) from being
         # evaluated as the difference of two nearly equal terms.
         e = sp.simplify(sp.diff(e, *_symbols(s, what)))
-    return sp.lambdify((x, *s.params, codegen.weight, codegen.bias), e, "mpmath")
+    return sp.lambdify((x, *s.params, symbols.weight, symbols.bias), e, "mpmath")
 
 
 def evaluate(form, what: str, x_t, scalars, w_t, b_t) -> torch.Tensor:
@@ -317,7 +317,7 @@ def _leaves(x_t, scalars, w, b):
             + [None if b is None else b.clone().requires_grad_(True)])
 
 
-def _call(fn, s: codegen.Form, x_t, scalars, w, b):
+def _call(fn, s: layers.Form, x_t, scalars, w, b):
     return fn(x_t, w, b, **{p.name: v for p, v in zip(s.params, scalars)})
 
 
@@ -340,11 +340,11 @@ def first_order(fn, form, x_t, scalars, w, b, g):
     return y, gx, gs, gw, (gb[0] if gb else None)
 
 
-def _inputs(s: codegen.Form, x_t, scalars):
+def _inputs(s: layers.Form, x_t, scalars):
     return {"x": x_t, **{p.name: v for p, v in zip(s.params, scalars)}}
 
 
-def _label(s: codegen.Form, x_t, w) -> str:
+def _label(s: layers.Form, x_t, w) -> str:
     dt = lambda d: str(d).replace("torch.", "")  # noqa: E731
     pd = "" if w.dtype == x_t.dtype else f", parameters {dt(w.dtype)}"
     return f"{s.name} ({dt(x_t.dtype)}{pd}, {x_t.device.type})"

@@ -23,11 +23,11 @@ import sympy as sp
 
 from . import norms
 from .catalog import result
-from .rewrites import ChannelSum, Hypot, Rewritten
+from .rules import ChannelSum, Hypot, Rewritten
 from .steps import Step, check, equal
-from .symbols import C, epsilon, s, sigma, x, y, y_k
+from .symbols import C, epsilon, grad, s, sigma, x, y, y_k
 
-g = sp.Symbol("grad", real=True)
+g = grad
 _r = sp.Symbol("r", positive=True)
 #: The row's scale a, the scaled input u = x / a, the scaled root of eps d = sqrt(eps) / a
 #: (in [0, 1]), rho = sigma / a and LayerNorm's centred u, c.

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import sympy as sp
 
-from derive import codegen
-from derive.printer import TorchPrinter, UnsupportedNode, torch_code
+from derive import layers
+from derive.printers import TorchPrinter, UnsupportedNode, torch_code
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ROOT / "numeric" / "generated"
@@ -61,6 +61,6 @@ def test_printer_refuses_what_it_cannot_spell():
 
 
 def test_layer_forms_are_checked_against_the_catalog():
-    for name in codegen.FORMS:
-        step = codegen.layer_step(name)   # raises on a failed obligation
+    for name in layers.FORMS:
+        step = layers.layer_step(name)   # raises on a failed obligation
         assert step.obligations and len(step.checks) == len(step.obligations)

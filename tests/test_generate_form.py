@@ -18,7 +18,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from derive import formgen
 from derive.cli import main
 from derive.formula import FormulaError, parse
-from derive.printer import TorchPrinter
+from derive.printers import TorchPrinter
 from derive.symbols import x
 from derive.testing import assert_matches
 

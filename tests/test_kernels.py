@@ -247,9 +247,9 @@ def test_kernels_file_spellings():
 def test_triton_printer_refuses_libdevice_and_multiplies_powers():
     import sympy as sp
 
-    from derive.printer import UnsupportedNode
-    from derive.rewrites import Hypot
-    from derive.triton_printer import triton_code
+    from derive.printers import UnsupportedNode
+    from derive.rules import Hypot
+    from derive.printers import triton_code
 
     x, y = sp.symbols("x y", real=True)
     for node, name in ((sp.tanh(x), "tanh"), (sp.cosh(x), "cosh"), (Hypot(x, y), "Hypot"),

@@ -5,7 +5,7 @@ import mpmath
 import pytest
 import torch
 
-from derive.rewrites import RULES
+from derive.rules import RULES
 from derive.steps import check, Step
 from numeric import functional as F
 

@@ -1,4 +1,9 @@
-"""Numerical-safety rewrites: named rules, each with an obligation SymPy proves.
+"""The rules: named rewrites, each with an obligation SymPy proves, in named rule sets.
+
+``RULES`` holds every rule; the sets say which apply where (as sympy.codegen.rewriting's
+``optims_c99``): ``SAFETY_RULES`` on every path (chosen per form), then ``TORCH_RULES`` op by
+op, ``KERNEL_RULES`` in the Triton kernels, ``FUSED_RULES`` in the fused CPU variants. Each
+rule is proven once (``proven``), and every application is checked too.
 
 A rule maps an expression to an equal one that stays accurate in floating point where the
 literal form fails. Each rule proves itself (``rule.proof()`` returns obligations that
@@ -51,7 +56,8 @@ from typing import Callable
 import sympy as sp
 from sympy.codegen.cfunctions import expm1
 
-from .steps import Obligation, equal, positive, series
+from . import symbols
+from .steps import Obligation, Step, check, equal, positive, series
 
 
 class Hypot(sp.Function):
@@ -181,7 +187,7 @@ def apply_isru_hypot(expr: sp.Expr, z: sp.Expr, var: sp.Symbol, a: sp.Symbol) ->
 
 
 def _proof_isru_hypot():
-    z = sp.Symbol("z", real=True)
+    z = symbols.z
     a = sp.Symbol("a", positive=True)
     f = z / sp.sqrt(a + z**2)
     out = []
@@ -500,6 +506,9 @@ def apply_sech2_sigmoid(expr: sp.Expr) -> Rewritten:
     return TEMPLATES["sech2_sigmoid"].apply(expr)
 
 
+#: The numerical-safety rules: rewritten where a form's derivatives need them (the form says
+#: which, derive.layers), on every path.
+SAFETY_RULES = ("sech2", "isru_hypot")
 #: The rules a Triton kernel needs on top of the safety rules, in the order applied.
 KERNEL_RULES = ("tanh_exp", "sech2_exp", "hypot_minmax")
 #: The fused variants' rules: the kernels' (hypot by scaling, not by division), and erf near 0
@@ -539,3 +548,29 @@ RULES: dict[str, Rule] = {
 def application_obligation(rule: str, before: sp.Expr, after: Rewritten) -> Obligation:
     """The check of one application: unfolded, the rewritten expression is the original."""
     return equal(f"{rule} preserves the expression", after.unfolded(), before)
+
+
+# -- applying the template rules, each application checked ----------------------------------
+
+def applies(rule: str, r: Rewritten) -> bool:
+    """Whether the template rule has something to replace in r."""
+    return any(TEMPLATES[rule].instances(e) for e in (r.expr, *r.defs.values()))
+
+
+@cache
+def proven(rule: str) -> Step:
+    """The rule's own proof (its template equals, or approximates within its bound, the
+    function it replaces), checked once before the rule is applied anywhere."""
+    return check(Step(rule, 0, RULES[rule].fixes, tuple(RULES[rule].proof())))
+
+
+def template_rewrite(rules, where: str, r: Rewritten) -> Rewritten:
+    """Apply each template rule that has something to replace; check each application."""
+    for rule in rules:
+        if applies(rule, r):
+            proven(rule)
+            out = apply_kernel_rule(rule, r)
+            check(Step(f"{where}:{rule}", out.expr, RULES[rule].fixes,
+                       (template_obligation(rule, r, out),)))
+            r = out
+    return r

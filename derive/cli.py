@@ -46,8 +46,19 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _rendered(name: str, make) -> str:
+    """Text rendered from results, read back from the disk cache where a run with the same
+    derive/ sources stored it (the results are unpickled and printed only once)."""
+    text = cache.load(name)
+    if not isinstance(text, str):
+        text = make()
+        cache.store(name, text)
+    return text
+
+
 def cmd_show(args) -> int:
-    print(render.formula(result(args.name), args.format))
+    print(_rendered(f"show-{args.name}-{args.format}",
+                    lambda: render.formula(result(args.name), args.format)))
     return 0
 
 
@@ -121,7 +132,7 @@ def _pair(text: str, what: str) -> tuple[str, str]:
 def cmd_generate_form(args) -> int:
     """A standalone torch module for a formula of the user's: one line for any problem."""
     from . import formgen
-    from .printer import UnsupportedNode
+    from .printers import UnsupportedNode
 
     if args.check or not args.out:
         raise UsageError("--form takes --out FILE (and not --check)")

@@ -10,7 +10,7 @@ capture every non-padding token's input x and output; the output before the affi
 recomputed in float64 and checked against the module's output with the affine undone.
 
 1. S-curves: y against x per layer, for a sample of tokens.
-2. The identity of MATH.md section 5 on these activations, channel by channel:
+2. The LayerNorm identity (paper_notes/derivation.md) on these activations, channel by channel:
        y_i = sqrt(C-1) (x_i - m_i) / sqrt(beta_i + (x_i - m_i)^2),
        m_i = mean_{j != i} x_j,  Q_i = sum_{j != i} (x_j - m_i)^2,  beta_i = C (Q_i + C eps)/(C-1).
 3. Global fits per layer (least squares on a subsample): DyT forms
@@ -56,6 +56,14 @@ SIZES = {False: {"sentences": None, "calibrate": 200, "batch": 16, "fit_points":
                  "plot_tokens": 120, "identity_tokens": 256, "steps": 100, "eval_every": 25},
          True: {"sentences": 48, "calibrate": 32, "batch": 16, "fit_points": 10_000,
                 "plot_tokens": 40, "identity_tokens": 64, "steps": 2, "eval_every": 1}}
+
+#: The layers run op by op here: on this experiment's tensors (a few hundred thousand
+#: elements) each torch.compile of a fused variant (per form, and per grad mode) costs more
+#: than it saves in one run (the replacement study: 8.1 s op by op, 12.7 s fused).
+BACKEND = "torch"
+#: Intra-op threads: this machine's two cores (1.7x faster than one for the model's
+#: matrices; every number in the summary came out the same with one).
+THREADS = 2
 
 #: module path pieces -> short layer names ("emb", "L3 attn", "L3 ffn").
 _BLOCK = {"attention.output": "attn", "output": "ffn"}
@@ -191,7 +199,7 @@ def others_mean_and_q(x: torch.Tensor, chunk: int = 16) -> tuple[torch.Tensor, t
 
 def identity_form(x: torch.Tensor, eps: float) -> torch.Tensor:
     """sqrt(C-1) (x_i - m_i) / sqrt(beta_i + (x_i - m_i)^2), beta_i = C (Q_i + C eps)/(C-1):
-    LayerNorm's channel i as a function of x_i alone (MATH.md section 5), float64."""
+    LayerNorm's channel i as a function of x_i alone (the exact function-space identity), float64."""
     x = x.double()
     c = x.shape[-1]
     m, q = others_mean_and_q(x)
@@ -533,13 +541,18 @@ def conversion_study(model, cal_sents: list[str], held_sents: list[str], size: d
         res["drift_fitted"] = layer_drift(model, converted, held)
         res["curve"] = [(0, *res["sequential"].values())]
         calibration = report.calibration.calibration
+        if steps and label == PER_CHANNEL_TARGET:     # the fitted model, for per_channel
+            fitted = copy.deepcopy((converted, calibration),
+                                   {id(calibration.progress): calibration.progress})
         done, every = 0, max(size["eval_every"], steps // 20)
         while done < steps:
             chunk = min(every, steps - done)
             with timed(res["clock"], "distil"):
                 calibration.distil(chunk)
             done += chunk
-            res["curve"].append((done, *agreement(embeddings(converted, held), original).values()))
+            with timed(res["clock"], "distil_eval"):
+                res["curve"].append((done, *agreement(embeddings(converted, held),
+                                                      original).values()))
             progress(f"{NAME}: {label}: distilled {done}/{steps} steps, held-out mean cosine "
                      f"{res['curve'][-1][1]:.4f}")
         res["distilled"] = dict(zip(("mean", "min", "nn"), res["curve"][-1][1:]))
@@ -549,7 +562,53 @@ def conversion_study(model, cal_sents: list[str], held_sents: list[str], size: d
                                           calibration.local_errors()))
         res["tokens"] = token_errors(calibration, held, model.tokenizer)
         res["history"] = calibration.history
+    if steps:
+        label = PER_CHANNEL_TARGET
+        progress(f"{NAME}: {label}: fitted in order, distilled with per-channel scalars")
+        res = study["per_channel"] = {"target": label, "clock": {}}
+        converted, calibration = fitted
+        with timed(res["clock"], "distil"):
+            per_channel(calibration)
+            calibration.distil(steps)
+        with timed(res["clock"], "distil_eval"):
+            res["distilled"] = agreement(embeddings(converted, held), original)
     return study
+
+
+#: The target whose scalars are also tried per channel.
+PER_CHANNEL_TARGET = "DyT-LN"
+
+
+class PerChannelDyTLN(nn.Module):
+    """weight * tanh(alpha * (x - shift)) + bias with alpha and shift of shape (C,): the
+    experiment's eager formula, to measure what per-channel scalars buy in conversion."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        c = layer.weight.shape[0]
+        for name in ("alpha", "shift", "weight", "bias"):
+            value = getattr(layer, name).detach()
+            setattr(self, name, nn.Parameter(value.expand(c).clone() if value.dim() == 0
+                                             else value.clone()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * torch.tanh(self.alpha * (x - self.shift)) + self.bias
+
+
+def per_channel(calibration) -> None:
+    """Put a PerChannelDyTLN, started from the fitted layer, in place of every new layer of a
+    fitted numeric.convert calibration; each parameter keeps its learning-rate scale."""
+    by_param = {id(p): sc for p, sc in calibration.trainable()}
+    scale = {(id(slot), name): by_param[id(p)] for slot in calibration.slots
+             for name, p in slot.new.named_parameters()}
+    for slot in calibration.slots:
+        new = PerChannelDyTLN(slot.new)
+        for parent, attr in slot.places:
+            setattr(parent, attr, new)
+        slot.new = new
+    params = [(p, scale[(id(slot), name)]) for slot in calibration.slots
+              for name, p in slot.new.named_parameters()]
+    calibration.trainable = lambda: params
 
 
 # --- figures ------------------------------------------------------------------------------
@@ -768,6 +827,13 @@ def conversion_table(study: dict, replacement: dict, out: Path) -> str:
             clock = _clock(res, method)
             rows.append([text, label, res[method]["mean"], res[method]["min"], res[method]["nn"],
                          round(clock[0], 1), round(clock[1], 1)])
+    if "per_channel" in study:
+        pc = study["per_channel"]
+        fit = study["targets"][pc["target"]]["clock"]["sequential"]
+        d = pc["clock"]["distil"]
+        rows.append([f"{METHODS['distilled']} ({study['steps']} steps), alpha and shift per "
+                     "channel", pc["target"], pc["distilled"]["mean"], pc["distilled"]["min"],
+                     pc["distilled"]["nn"], round(fit[0] + d[0], 1), round(fit[1] + d[1], 1)])
     write_table(out, "conversion", header, rows)
     return markdown_table(header, rows)
 
@@ -960,6 +1026,7 @@ def conversion_paragraphs(r: dict, tables: dict) -> list[str]:
         f"what the element-wise layers cannot reproduce even where they were trained. The "
         f"goal (held-out mean >= {GOALS['mean']}, agreement >= {GOALS['nn']}) is "
         + (f"reached by {', '.join(reached)}." if reached else "not reached by any target."),
+        *per_channel_paragraph(c),
         "![Drift per LayerNorm position after the fits and after distillation](drift.png)",
         f"Where it stops ({best}, after distillation). By layer: the converted model's output "
         f"drifts from the original's most at "
@@ -993,6 +1060,29 @@ def conversion_paragraphs(r: dict, tables: dict) -> list[str]:
     ]
 
 
+def per_channel_paragraph(c: dict) -> list[str]:
+    """Whether per-channel alpha and shift buy accuracy: the same distillation, both ways."""
+    if "per_channel" not in c:
+        return []
+    pc = c["per_channel"]
+    one, per = c["targets"][pc["target"]]["distilled"], pc["distilled"]
+    buys = per["mean"] - one["mean"] > PER_CHANNEL_GAIN
+    return [
+        f"Per-channel scalars: {pc['target']} with alpha and shift of shape (C,) (C = 384 of "
+        f"each instead of one; the layer's formula written out in torch, started from the "
+        f"same fit, distilled the same {c['steps']} steps with the same learning rates) keeps "
+        f"a held-out mean cosine of {per['mean']:.4f} (min {per['min']:.4f}, agreement "
+        f"{per['nn']:.2f}) against {one['mean']:.4f} (min {one['min']:.4f}, agreement "
+        f"{one['nn']:.2f}) with one alpha and one shift per layer: "
+        + ("they buy accuracy here." if buys else
+           f"they do not buy accuracy (a gain of more than {PER_CHANNEL_GAIN} in the mean "
+           f"would count), so the layers keep 0-dim scalars.")]
+
+
+#: What per-channel scalars must add to the held-out mean cosine to count as buying accuracy.
+PER_CHANNEL_GAIN = 0.005
+
+
 # --- run ----------------------------------------------------------------------------------
 
 def _compact(fits: dict) -> dict:
@@ -1009,8 +1099,14 @@ def run(out: Path, *, quick: bool = False, progress=print, steps: int | None = N
     steps = size["steps"] if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
-    with deterministic():
-        return _run(Path(out), size, steps, progress)
+    from .. import functional
+
+    previous = functional.set_backend(BACKEND)
+    try:
+        with deterministic(THREADS):
+            return _run(Path(out), size, steps, progress)
+    finally:
+        functional.set_backend(previous)
 
 
 def _run(out: Path, size: dict, steps: int, progress) -> dict:
@@ -1052,7 +1148,10 @@ def _run(out: Path, size: dict, steps: int, progress) -> dict:
                   "conversion": conversion_table(conversion, study, out),
                   "conversion_layers": conversion_layer_table(conversion, out),
                   "conversion_tokens": token_table(conversion, best_target(conversion), out)}
-    distil = [res["clock"].get("distil", [0.0, 0.0]) for res in conversion["targets"].values()]
+    # the distillation: its steps, the evaluations between them, the per-channel run
+    runs = [*conversion["targets"].values(), *([conversion["per_channel"]]
+                                               if "per_channel" in conversion else [])]
+    distil = [res["clock"].get(k, [0.0, 0.0]) for res in runs for k in ("distil", "distil_eval")]
     clock["distillation"] = [sum(d[0] for d in distil), sum(d[1] for d in distil)]
     clock["conversion"] = [a - b for a, b in zip(clock["conversion"], clock["distillation"])]
     total = [sum(v[i] for v in clock.values()) for i in (0, 1)]

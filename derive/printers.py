@@ -99,7 +99,8 @@ class ElementwisePrinter(PythonCodePrinter):
         return f"({self._product(base, n)})"
 
     def _print_Pow(self, expr, rational=False):
-        """Square roots as sqrt/rsqrt, integer powers up to 4 as products (never pow)."""
+        """Square roots as sqrt/rsqrt, integer powers up to 4 as products and half-integer
+        ones as a product times sqrt or rsqrt (never pow)."""
         base, e = expr.args
         if expr.is_number:        # a constant such as 1/sqrt(pi): its float64 value
             return repr(float(expr))
@@ -111,6 +112,14 @@ class ElementwisePrinter(PythonCodePrinter):
             return self._power(base, int(e)) if e > 0 else f"(1 / {self._power(base, -int(e))})"
         if e == -1:
             return f"(1 / {self.parenthesize(base, PREC_POW)})"
+        if e.is_Rational and e.q == 2 and abs(e) - sp.S.Half in (1, *PRODUCT_POWERS):
+            # b^(k + 1/2) = b^k sqrt(b), b^-(k + 1/2) = rsqrt(b) / b^k (x/sqrt(1 + x^2)'s
+            # derivative is (1 + x^2)^(-3/2))
+            k = int(abs(e) - sp.S.Half)
+            rest = self._power(base, k) if k > 1 else self.parenthesize(base, PREC_POW)
+            if e > 0:
+                return f"({rest}*{self.SQRT}({self._print(base)}))"
+            return f"({self.RSQRT}({self._print(base)})/{rest})"
         return self._print_not_supported(expr)
 
     def _print_Mul(self, expr):

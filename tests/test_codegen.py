@@ -64,3 +64,29 @@ def test_layer_forms_are_checked_against_the_catalog():
     for name in layers.FORMS:
         step = layers.layer_step(name)   # raises on a failed obligation
         assert step.obligations and len(step.checks) == len(step.obligations)
+
+
+@pytest.mark.parametrize("e", [sp.Rational(3, 2), sp.Rational(-3, 2), sp.Rational(5, 2),
+                               sp.Rational(-9, 2), 4, -4, sp.Rational(-1, 2)])
+def test_powers_print_as_products_and_roots_on_both_targets(e):
+    """b^e, b = 1 + x^2 (an expression) and b = x (an atom), evaluated against SymPy's value:
+    half-integer powers as b^k sqrt(b) and rsqrt(b)/b^k, both printers."""
+    import math
+
+    from derive.printers import TritonPrinter
+
+    x = sp.Symbol("x", positive=True)
+    for base in (1 + x**2, x):
+        expr = base ** e
+        want = float(expr.subs(x, 1.7))
+        for printer, ns in ((TorchPrinter(), {"torch": _Math}), (TritonPrinter(), {"tl": _Math})):
+            code = printer.doprint(expr)
+            assert "**" not in code and "pow" not in code, code
+            assert math.isclose(eval(code, ns, {"x": 1.7}), want, rel_tol=1e-12), (code, want)
+
+
+class _Math:
+    """torch./tl. spellings of the functions the printers use, on Python floats."""
+    sqrt = staticmethod(lambda v: v ** 0.5)
+    rsqrt = staticmethod(lambda v: v ** -0.5)
+    square = staticmethod(lambda v: v * v)

@@ -207,3 +207,31 @@ def test_fit_recovers_known_parameters():
     p = R.fit_form(R.FORMS["DyISRU shift"], x, y, C, s2=20.0, mean=0.0)
     assert math.isclose(p["beta"], 40.0, rel_tol=1e-6)
     assert math.isclose(p["shift"], 1.5, rel_tol=1e-6)
+
+
+def test_per_channel_scalars_are_measured(result):
+    """The per-channel run starts from the same fit and distils as many steps; the summary
+    says whether it buys accuracy."""
+    out, r = result
+    pc = r["conversion"]["per_channel"]
+    assert pc["target"] == R.PER_CHANNEL_TARGET
+    m = pc["distilled"]
+    assert -1 <= m["min"] <= m["mean"] <= 1 and 0 <= m["nn"] <= 1
+    summary = (out / "summary.md").read_text()
+    assert "Per-channel scalars" in summary and "alpha and shift per channel" in summary
+
+
+def test_per_channel_layer_starts_as_the_fitted_layer():
+    """PerChannelDyTLN (the eager formula, alpha and shift of shape (C,)) computes what the
+    numeric.DyTLN it starts from computes."""
+    import numeric
+
+    g = torch.Generator().manual_seed(0)
+    layer = numeric.DyTLN(6, alpha_init=0.7, shift_init=0.2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(6, generator=g))
+        layer.bias.copy_(torch.randn(6, generator=g))
+    per = R.PerChannelDyTLN(layer)
+    assert per.alpha.shape == per.shift.shape == (6,)
+    x = 3 * torch.randn(4, 6, generator=g)
+    torch.testing.assert_close(per(x), layer(x))

@@ -126,6 +126,57 @@ def _liger_module(lk, name, C, device, dtype):
     return lambda x: module(x)
 
 
+# -- what each implementation computes where a formula is hard -----------------------------
+
+#: (form, dtype, what, x, scalars): one input per row where the eager composition's
+#: arithmetic is cheaper than the formula because it is wrong there. The reference is the
+#: same composition in float64 (exact at these inputs: nothing overflows, nothing cancels).
+PROBES = (
+    ("dyisru", torch.float32, "y", 1e20, {"beta": 1.0}),        # x*x overflows float32
+    ("derf", torch.float32, "y", 1.3e-6, {"alpha": 1.0, "shift": 0.0}),  # torch's erf near 0
+    ("dyt", torch.float32, "dy/dx", 10.0, {"alpha": 1.0}),       # 1 - tanh^2 cancels
+    ("dyt", torch.bfloat16, "dy/dx", 4.0, {"alpha": 1.0}),       # tanh saved in bfloat16
+)
+PROBE_SHAPE = (64, 1024)  # as many elements as F.FUSE_MIN: ours runs fused, as in the timings
+
+
+def _probe(fn, x, params, what: str) -> float:
+    """y or dy/dx of fn at x (every element the same), as a float64 number."""
+    params = [p.clone() for p in params]
+    if what == "y":
+        with torch.no_grad():
+            return fn(x, *params).flatten()[0].double().item()
+    x = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(fn(x, *params).sum(), x)
+    return g.flatten()[0].double().item()
+
+
+def probes(device: str = "cpu") -> list[dict]:
+    """Each probe's value from eager, compiled and ours, and its relative error against the
+    float64 composition."""
+    rows = []
+    for layer, dtype, what, value, scalars in PROBES:
+        C = PROBE_SHAPE[-1]
+        ps = [torch.tensor(scalars[p], device=device) for p in FORMS[layer].scalars]
+        wb = [torch.ones(C, device=device), torch.zeros(C, device=device)]
+        x = torch.full(PROBE_SHAPE, value, device=device)
+        exact = _probe(EAGER[layer], x.double(), [p.double() for p in (*ps, *wb)], what)
+        row = {"layer": layer, "dtype": str(dtype).replace("torch.", ""), "what": what,
+               "x": value, "exact": exact}
+        args = (x.to(dtype), [p.to(dtype) for p in (*ps, *wb)])
+        for impl, fn in (("eager", EAGER[layer]), ("compiled", _compiled(EAGER[layer])),
+                         ("ours", getattr(F, layer))):
+            got = _probe(fn, *args, what)
+            row[impl] = got
+            row[f"{impl}_rel_err"] = abs(got - exact) / abs(exact)
+        rows.append(row)
+    return rows
+
+
+PROBE_HEADER = ["layer", "dtype", "what", "x", "exact", "eager", "eager_rel_err", "compiled",
+                "compiled_rel_err", "ours", "ours_rel_err"]
+
+
 # -- timing ------------------------------------------------------------------------------
 
 def _timer(device: str):
@@ -236,7 +287,8 @@ def run(out: Path, *, quick: bool = False, progress=print, config: str | None = 
                              pct_copy=100 * r["bandwidth_GBps"] / (bw / 1e9))
                     rows.append(r)
     _ratios(rows)
-    _write(out, rows, device, config)
+    progress("bench: probes (what each implementation computes where the formula is hard)")
+    _write(out, rows, probes(device), device, config)
     for r in rows:
         if r["impl"] == "ours":
             summary[f"{r['layer']} {r['shape']} {r['dtype']} {r['mode']}"] = {
@@ -272,8 +324,9 @@ def _device_name(device: str) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _write(out: Path, rows, device: str, config: str) -> None:
+def _write(out: Path, rows, probe_rows, device: str, config: str) -> None:
     write_table(out, "bench", HEADER, [[r[h] for h in HEADER] for r in rows])
+    write_table(out, "probes", PROBE_HEADER, [[r[h] for h in PROBE_HEADER] for r in probe_rows])
     _plot(out, rows, device)
     name = _device_name(device)
     ours = [r for r in rows if r["impl"] == "ours"]
@@ -288,6 +341,10 @@ def _write(out: Path, rows, device: str, config: str) -> None:
         "Ours against eager: " + "; ".join(lines) + ".",
         "![time per implementation](bench.png)",
         table_markdown(out, "bench"),
+        "What each computes where the formula is hard (one input per row, every element the "
+        "same; relative error against the same composition in float64). The compiled "
+        "composition's arithmetic is cheaper than ours exactly where it is wrong:",
+        table_markdown(out, "probes"),
     ])
 
 

@@ -43,21 +43,25 @@ def _topological(assignments):
     return out
 
 
-def statements(outputs) -> tuple[list, list]:
+def statements(outputs, own=()) -> tuple[list, list]:
     """(assignments, output expressions): the rules' temporaries and the CSE temporaries
-    (each after the symbols it uses), then each output in those temporaries."""
+    (each after the symbols it uses), then each output in those temporaries. An output named
+    in ``own`` that CSE made a temporary which other expressions use too is printed as that
+    temporary's expression: the same arithmetic, in the same order, but a value of its own."""
     defs = {}
     for _, r in outputs:
         defs.update(r.defs)
     pre_repl, pre = sp.cse(list(defs.values()), symbols=sp.numbered_symbols("s"))
     body_repl, body = sp.cse([r.expr for _, r in outputs], symbols=sp.numbered_symbols("t"))
+    temps = dict(body_repl)
+    body = [temps[e] if n in own and e in temps else e for (n, _), e in zip(outputs, body)]
     return _topological([*pre_repl, *zip(defs, pre)]) + list(body_repl), body
 
 
 def emit(fn: Function) -> str:
     """Source of one function: defs of the rule's temporaries, CSE temporaries, return."""
     lines = [f"    {line}" for line in fn.prologue]
-    assigned, body = statements(fn.outputs)
+    assigned, body = statements(fn.outputs, fn.own)
     for sym, value in assigned:
         lines.append(f"    {sym} = {torch_code(value)}")
     names = [n for n, _ in fn.outputs]
@@ -90,19 +94,23 @@ def torch_functions(form: Form) -> list[Function]:
 #: finite range (+-inf saturates), and stored in x's dtype.
 FUSED_PROLOGUE = ("dtype = x.dtype",
                   f"x = torch.clamp(x.float(), {-FLOAT32_MAX!r}, {FLOAT32_MAX!r})")
-#: The fused backward's reductions over the rows, which arrive as (blocks, R, C) (R rows a
-#: block, numeric/backends.py): summed within each block, then over the blocks, in float64,
-#: so a sum over millions of rows is as accurate as a pairwise float32 sum. Inductor's CPU
-#: code for a sum over the rows of (rows, C) walks each column down all the rows (5.7 ms for
-#: two such sums at (4096, 1024) float32); within blocks of 64 rows, 2.2 ms.
+#: The fused backward's reductions. x and grad arrive as (blocks, R, C) (R rows a block,
+#: numeric/backends.py). A scalar's term is summed along each row (the innermost, contiguous
+#: dimension), then over the rows, in float64: inductor computes a sum along the innermost
+#: dimension in the same loop as grad_x. A sum over the rows cannot share that loop (inductor
+#: walks each column down the rows and computes the term again: every exp twice), so the
+#: weight's term is returned per element, in float32, for the backend to sum with torch's
+#: pairwise sum (as accurate as eager float32), and only the bias (grad itself, nothing to
+#: compute) is summed over the rows here: within each block, then over the blocks, in float64.
+SUM_ALL = "torch.sum(torch.sum({}, 2, dtype=torch.float64))"
 SUM_ROWS = "torch.sum(torch.sum({}, 1, dtype=torch.float64), 0)"
-SUM_ALL = f"torch.sum({SUM_ROWS})"
+PER_ELEMENT = "{}"
 
 
 def fused_functions(name: str) -> list[Function]:
     """The forward (with bias) and backward of one form for torch.compile: the kernels'
     rules (exp and a polynomial, branches as torch.where), the dtype policy and the
-    backward's sums, which inductor fuses into one loop each way."""
+    backward's sums (see SUM_ALL), which inductor fuses into one loop each way."""
     forward, _, backward, *_ = layer_functions(FORMS[name])
     form = FORMS[name]
     backward = Function(backward.name, backward.args,
@@ -110,7 +118,7 @@ def fused_functions(name: str) -> list[Function]:
     sums = {"forward": (("y", "{}.to(dtype)"),),
             "backward": (("grad_x", "{}.to(dtype)"),
                          *((f"grad_{p.name}", SUM_ALL) for p in form.params),
-                         ("grad_weight", SUM_ROWS), ("grad_bias", SUM_ROWS))}
+                         ("grad_weight", PER_ELEMENT), ("grad_bias", SUM_ROWS))}
     out = []
     for what, f in (("forward", forward), ("backward", backward)):
         used = [rule for rule in FUSED_RULES if any(applies(rule, r) for _, r in f.outputs)]
@@ -119,13 +127,16 @@ def fused_functions(name: str) -> list[Function]:
         first = f.doc.splitlines()[0].split(", times grad")[0].rstrip(":")
         doc = (f"{first}.\n\nThe same formulas as {f.name}, "
                f"with the fused rules ({', '.join(used) or 'none'}) instead of the speed "
-               "rules, the dtype policy and (backward) the sums over the rows printed in: "
-               "for torch.compile, which fuses them into one loop. x: (rows, C), in the "
+               "rules, the dtype policy and (backward) the sums printed in: for "
+               "torch.compile, which fuses them into one loop. x: (rows, C), in the "
                "backward x and grad (blocks, R, C), in their own dtype; the parameters in "
-               "float32. Returns x's dtype (y, grad_x) and float64 sums.")
+               "float32. Returns y and grad_x in x's dtype, the scalars' and the bias's gradients "
+               "summed in float64, the weight's term per element in float32.")
         prologue = (*FUSED_PROLOGUE, *(("grad = grad.float()",) if what == "backward" else ()),
                     *((FUSED_SHIFT,) if form.shifted else ()))
-        out.append(Function(f"{name}_fused_{what}", f.args, outputs, doc, prologue, sums[what]))
+        own = tuple(n for n, how in sums[what] if "torch.sum" not in how)
+        out.append(Function(f"{name}_fused_{what}", f.args, outputs, doc, prologue, sums[what],
+                            own))
     return out
 
 

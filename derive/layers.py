@@ -138,6 +138,10 @@ class Function:
     prologue: tuple[str, ...] = ()
     #: output name -> how it is returned ("{}" stands for the output), e.g. a cast or a sum.
     finish: tuple[tuple[str, str], ...] = ()
+    #: outputs that are values of their own, never a temporary another output is computed
+    #: from (the fused backward's per-element outputs: inductor sums in the same loop only
+    #: what reads no buffer that loop writes; see derive/codegen.py, SUM_ALL).
+    own: tuple[str, ...] = ()
 
 
 @cache

@@ -9,14 +9,16 @@ range first, so +-inf saturates to the bound (gradient 0) and a NaN stays in its
                                                  grad_weight, grad_bias)
 
 grad_x is in x's dtype; the parameters' gradients are summed over every dimension but the
-channels, in float64 (the caller casts each to its parameter's dtype). Scalars and weight
+channels, in float64 or (the fused weight's) by torch's pairwise float32 sum, as accurate
+as eager float32 (the caller casts each to its parameter's dtype). Scalars and weight
 arrive in their own dtypes (float32 parameters under bfloat16 autocast, say).
 
 - ``"torch"``: the generated PyTorch code op by op (numeric/generated/layers.py); on a CPU,
   inputs of more than ``BLOCK_ELEMENTS`` go through in blocks of rows, whose temporaries
   stay in cache.
 - ``"fused"``: the generated ``*_fused_*`` variants (dtype policy and sums printed in)
-  through torch.compile (inductor): one loop forward, one backward. Compiled on the first
+  through torch.compile (inductor): one loop forward; one backward loop computes grad_x,
+  the scalars' sums and the weight's term, which torch sums over the rows. Compiled on the first
   call of each form and dtype; if compiling fails, the call runs op by op and one warning
   says why.
 - ``"triton"``: the generated Triton kernels (numeric/kernels.py), on CUDA; on a CPU only
@@ -248,10 +250,11 @@ def fused_backward(name, grad, x, scalars, weight):
         return torch_backward(name, grad, x, scalars, weight)
     *ps, w = _in(torch.float32, (*scalars, weight))
     try:
-        gx, *gs, gw, gb = _compiled(name, "backward")(_row_blocks(grad), _row_blocks(x), *ps, w)
+        gx, *gs, tw, gb = _compiled(name, "backward")(_row_blocks(grad), _row_blocks(x), *ps, w)
     except Exception as e:  # noqa: BLE001 - whatever the compiler raised: see _unfused
         return _unfused(e, name, torch_backward, grad, x, scalars, weight)
-    return gx.view(x.shape), gs, gw, gb
+    # the weight's term per element (float32): torch's pairwise sum over the rows
+    return gx.view(x.shape), gs, tw.view(-1, tw.shape[-1]).sum(0), gb
 
 
 #: backend -> (forward, backward).

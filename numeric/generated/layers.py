@@ -104,7 +104,7 @@ def dyt_hvp(grad, x, alpha, weight, x_v, alpha_v, weight_v):
 def dyt_fused_forward(x, alpha, weight, bias):
     """dyt: y = bias + weight*tanh(alpha*x).
 
-    The same formulas as dyt_forward, with the fused rules (tanh_exp) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
+    The same formulas as dyt_forward, with the fused rules (tanh_exp) instead of the speed rules, the dtype policy and (backward) the sums printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns y and grad_x in x's dtype, the scalars' and the bias's gradients summed in float64, the weight's term per element in float32.
 
     Operations after CSE: 28.
     """
@@ -121,7 +121,7 @@ def dyt_fused_forward(x, alpha, weight, bias):
 def dyt_fused_backward(grad, x, alpha, weight):
     """dyt: the derivatives of y = bias + weight*tanh(alpha*x).
 
-    The same formulas as dyt_backward, with the fused rules (tanh_exp, sech2_exp) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
+    The same formulas as dyt_backward, with the fused rules (tanh_exp, sech2_exp) instead of the speed rules, the dtype policy and (backward) the sums printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns y and grad_x in x's dtype, the scalars' and the bias's gradients summed in float64, the weight's term per element in float32.
 
     Operations after CSE: 34.
     """
@@ -138,7 +138,7 @@ def dyt_fused_backward(grad, x, alpha, weight):
     grad_alpha = t1*x
     grad_weight = grad*torch.where((torch.abs(u) < 0.25), u*(t2*(t2*(t2*(0.021869488536155203*t2 - 0.05396825396825397) + 0.13333333333333333) - 0.3333333333333333) + 1), torch.where((u < 0), -t3, t3))
     grad_bias = grad
-    return grad_x.to(dtype), torch.sum(torch.sum(torch.sum(grad_alpha, 1, dtype=torch.float64), 0)), torch.sum(torch.sum(grad_weight, 1, dtype=torch.float64), 0), torch.sum(torch.sum(grad_bias, 1, dtype=torch.float64), 0)
+    return grad_x.to(dtype), torch.sum(torch.sum(grad_alpha, 2, dtype=torch.float64)), grad_weight, torch.sum(torch.sum(grad_bias, 1, dtype=torch.float64), 0)
 
 
 def dyisru_forward(x, beta, weight, bias):
@@ -233,7 +233,7 @@ def dyisru_hvp(grad, x, beta, weight, x_v, beta_v, weight_v):
 def dyisru_fused_forward(x, beta, weight, bias):
     """dyisru: y = bias + weight*x/sqrt(beta + x**2).
 
-    The same formulas as dyisru_forward, with the fused rules (hypot_scaled) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
+    The same formulas as dyisru_forward, with the fused rules (hypot_scaled) instead of the speed rules, the dtype policy and (backward) the sums printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns y and grad_x in x's dtype, the scalars' and the bias's gradients summed in float64, the weight's term per element in float32.
 
     Operations after CSE: 18.
     """
@@ -254,9 +254,9 @@ def dyisru_fused_forward(x, beta, weight, bias):
 def dyisru_fused_backward(grad, x, beta, weight):
     """dyisru: the derivatives of y = bias + weight*x/sqrt(beta + x**2).
 
-    The same formulas as dyisru_backward, with the fused rules (hypot_scaled) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
+    The same formulas as dyisru_backward, with the fused rules (hypot_scaled) instead of the speed rules, the dtype policy and (backward) the sums printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns y and grad_x in x's dtype, the scalars' and the bias's gradients summed in float64, the weight's term per element in float32.
 
-    Operations after CSE: 30.
+    Operations after CSE: 31.
     """
     dtype = x.dtype
     x = torch.clamp(x.float(), -3.4028234663852886e+38, 3.4028234663852886e+38)
@@ -274,9 +274,9 @@ def dyisru_fused_backward(grad, x, beta, weight):
     t0 = grad*q
     grad_x = p*(p*(grad*weight*hk*rh))
     grad_beta = hk*(hk*(rh*(rh*(-0.5*t0*weight))))
-    grad_weight = t0
+    grad_weight = grad*q
     grad_bias = grad
-    return grad_x.to(dtype), torch.sum(torch.sum(torch.sum(grad_beta, 1, dtype=torch.float64), 0)), torch.sum(torch.sum(grad_weight, 1, dtype=torch.float64), 0), torch.sum(torch.sum(grad_bias, 1, dtype=torch.float64), 0)
+    return grad_x.to(dtype), torch.sum(torch.sum(grad_beta, 2, dtype=torch.float64)), grad_weight, torch.sum(torch.sum(grad_bias, 1, dtype=torch.float64), 0)
 
 
 def dyt_ln_forward(x, alpha, shift, weight, bias):
@@ -387,7 +387,7 @@ def dyt_ln_hvp(grad, x, alpha, shift, weight, x_v, alpha_v, shift_v, weight_v):
 def dyt_ln_fused_forward(x, alpha, shift, weight, bias):
     """dyt_ln: y = bias + weight*tanh(alpha*z), z = x - shift.
 
-    The same formulas as dyt_ln_forward, with the fused rules (tanh_exp) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
+    The same formulas as dyt_ln_forward, with the fused rules (tanh_exp) instead of the speed rules, the dtype policy and (backward) the sums printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns y and grad_x in x's dtype, the scalars' and the bias's gradients summed in float64, the weight's term per element in float32.
 
     Operations after CSE: 28.
     """
@@ -405,9 +405,9 @@ def dyt_ln_fused_forward(x, alpha, shift, weight, bias):
 def dyt_ln_fused_backward(grad, x, alpha, shift, weight):
     """dyt_ln: the derivatives of y = bias + weight*tanh(alpha*z), z = x - shift.
 
-    The same formulas as dyt_ln_backward, with the fused rules (tanh_exp, sech2_exp) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
+    The same formulas as dyt_ln_backward, with the fused rules (tanh_exp, sech2_exp) instead of the speed rules, the dtype policy and (backward) the sums printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns y and grad_x in x's dtype, the scalars' and the bias's gradients summed in float64, the weight's term per element in float32.
 
-    Operations after CSE: 35.
+    Operations after CSE: 36.
     """
     dtype = x.dtype
     x = torch.clamp(x.float(), -3.4028234663852886e+38, 3.4028234663852886e+38)
@@ -420,12 +420,12 @@ def dyt_ln_fused_backward(grad, x, alpha, shift, weight):
     t2 = t1*alpha
     t3 = (u * u)
     t4 = (1 - e)/t0
-    grad_x = t2
+    grad_x = t1*alpha
     grad_alpha = t1*z
     grad_shift = -t2
     grad_weight = grad*torch.where((torch.abs(u) < 0.25), u*(t3*(t3*(t3*(0.021869488536155203*t3 - 0.05396825396825397) + 0.13333333333333333) - 0.3333333333333333) + 1), torch.where((u < 0), -t4, t4))
     grad_bias = grad
-    return grad_x.to(dtype), torch.sum(torch.sum(torch.sum(grad_alpha, 1, dtype=torch.float64), 0)), torch.sum(torch.sum(torch.sum(grad_shift, 1, dtype=torch.float64), 0)), torch.sum(torch.sum(grad_weight, 1, dtype=torch.float64), 0), torch.sum(torch.sum(grad_bias, 1, dtype=torch.float64), 0)
+    return grad_x.to(dtype), torch.sum(torch.sum(grad_alpha, 2, dtype=torch.float64)), torch.sum(torch.sum(grad_shift, 2, dtype=torch.float64)), grad_weight, torch.sum(torch.sum(grad_bias, 1, dtype=torch.float64), 0)
 
 
 def dyisru_ln_forward(x, beta, shift, weight, bias):
@@ -539,7 +539,7 @@ def dyisru_ln_hvp(grad, x, beta, shift, weight, x_v, beta_v, shift_v, weight_v):
 def dyisru_ln_fused_forward(x, beta, shift, weight, bias):
     """dyisru_ln: y = bias + weight*z/sqrt(beta + z**2), z = x - shift.
 
-    The same formulas as dyisru_ln_forward, with the fused rules (hypot_scaled) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
+    The same formulas as dyisru_ln_forward, with the fused rules (hypot_scaled) instead of the speed rules, the dtype policy and (backward) the sums printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns y and grad_x in x's dtype, the scalars' and the bias's gradients summed in float64, the weight's term per element in float32.
 
     Operations after CSE: 18.
     """
@@ -561,9 +561,9 @@ def dyisru_ln_fused_forward(x, beta, shift, weight, bias):
 def dyisru_ln_fused_backward(grad, x, beta, shift, weight):
     """dyisru_ln: the derivatives of y = bias + weight*z/sqrt(beta + z**2), z = x - shift.
 
-    The same formulas as dyisru_ln_backward, with the fused rules (hypot_scaled) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
+    The same formulas as dyisru_ln_backward, with the fused rules (hypot_scaled) instead of the speed rules, the dtype policy and (backward) the sums printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns y and grad_x in x's dtype, the scalars' and the bias's gradients summed in float64, the weight's term per element in float32.
 
-    Operations after CSE: 31.
+    Operations after CSE: 37.
     """
     dtype = x.dtype
     x = torch.clamp(x.float(), -3.4028234663852886e+38, 3.4028234663852886e+38)
@@ -581,12 +581,12 @@ def dyisru_ln_fused_backward(grad, x, beta, shift, weight):
     q = s3*rh
     t0 = p*(p*(grad*weight*hk*rh))
     t1 = grad*q
-    grad_x = t0
+    grad_x = p*(p*(grad*weight*hk*rh))
     grad_beta = hk*(hk*(rh*(rh*(-0.5*t1*weight))))
     grad_shift = -t0
-    grad_weight = t1
+    grad_weight = grad*q
     grad_bias = grad
-    return grad_x.to(dtype), torch.sum(torch.sum(torch.sum(grad_beta, 1, dtype=torch.float64), 0)), torch.sum(torch.sum(torch.sum(grad_shift, 1, dtype=torch.float64), 0)), torch.sum(torch.sum(grad_weight, 1, dtype=torch.float64), 0), torch.sum(torch.sum(grad_bias, 1, dtype=torch.float64), 0)
+    return grad_x.to(dtype), torch.sum(torch.sum(grad_beta, 2, dtype=torch.float64)), torch.sum(torch.sum(grad_shift, 2, dtype=torch.float64)), grad_weight, torch.sum(torch.sum(grad_bias, 1, dtype=torch.float64), 0)
 
 
 def derf_forward(x, alpha, shift, weight, bias):
@@ -675,7 +675,7 @@ def derf_hvp(grad, x, alpha, shift, weight, x_v, alpha_v, shift_v, weight_v):
 def derf_fused_forward(x, alpha, shift, weight, bias):
     """derf: y = bias + weight*erf(alpha*x + shift).
 
-    The same formulas as derf_forward, with the fused rules (erf_taylor) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
+    The same formulas as derf_forward, with the fused rules (erf_taylor) instead of the speed rules, the dtype policy and (backward) the sums printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns y and grad_x in x's dtype, the scalars' and the bias's gradients summed in float64, the weight's term per element in float32.
 
     Operations after CSE: 27.
     """
@@ -691,7 +691,7 @@ def derf_fused_forward(x, alpha, shift, weight, bias):
 def derf_fused_backward(grad, x, alpha, shift, weight):
     """derf: the derivatives of y = bias + weight*erf(alpha*x + shift).
 
-    The same formulas as derf_backward, with the fused rules (erf_taylor) instead of the speed rules, the dtype policy and (backward) the sums over the rows printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns x's dtype (y, grad_x) and float64 sums.
+    The same formulas as derf_backward, with the fused rules (erf_taylor) instead of the speed rules, the dtype policy and (backward) the sums printed in: for torch.compile, which fuses them into one loop. x: (rows, C), in the backward x and grad (blocks, R, C), in their own dtype; the parameters in float32. Returns y and grad_x in x's dtype, the scalars' and the bias's gradients summed in float64, the weight's term per element in float32.
 
     Operations after CSE: 35.
     """
@@ -708,4 +708,4 @@ def derf_fused_backward(grad, x, alpha, shift, weight):
     grad_shift = t2
     grad_weight = grad*torch.where((torch.abs(u) < 0.25), u*(t1 + t3*(-0.6666666666666666*t0 + t3*(0.2*t0 + t3*(0.009259259259259259*t0*t3 - 0.047619047619047616*t0)))), torch.erf(u))
     grad_bias = grad
-    return grad_x.to(dtype), torch.sum(torch.sum(torch.sum(grad_alpha, 1, dtype=torch.float64), 0)), torch.sum(torch.sum(torch.sum(grad_shift, 1, dtype=torch.float64), 0)), torch.sum(torch.sum(grad_weight, 1, dtype=torch.float64), 0), torch.sum(torch.sum(grad_bias, 1, dtype=torch.float64), 0)
+    return grad_x.to(dtype), torch.sum(torch.sum(grad_alpha, 2, dtype=torch.float64)), torch.sum(torch.sum(grad_shift, 2, dtype=torch.float64)), grad_weight, torch.sum(torch.sum(grad_bias, 1, dtype=torch.float64), 0)

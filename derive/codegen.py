@@ -134,7 +134,7 @@ def fused_functions(name: str) -> list[Function]:
                "summed in float64, the weight's term per element in float32.")
         prologue = (*FUSED_PROLOGUE, *(("grad = grad.float()",) if what == "backward" else ()),
                     *((FUSED_SHIFT,) if form.shifted else ()))
-        own = tuple(n for n, how in sums[what] if "torch.sum" not in how)
+        own = tuple(n for n, how in sums[what] if how not in (SUM_ALL, SUM_ROWS))
         out.append(Function(f"{name}_fused_{what}", f.args, outputs, doc, prologue, sums[what],
                             own))
     return out

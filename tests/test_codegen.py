@@ -90,3 +90,22 @@ class _Math:
     sqrt = staticmethod(lambda v: v ** 0.5)
     rsqrt = staticmethod(lambda v: v ** -0.5)
     square = staticmethod(lambda v: v * v)
+
+
+@pytest.mark.parametrize("name", list(layers.FORMS))
+def test_fused_backward_per_element_outputs_are_values_of_their_own(name):
+    """No sum in the fused backward is computed from a per-element output (grad_x, the
+    weight's term): inductor would read that output back in a second pass over each row
+    (DyISRU-LN's bfloat16 backward: 13.7 ms instead of 6.5)."""
+    from derive.codegen import SUM_ALL, SUM_ROWS, fused_functions, statements
+
+    fn = fused_functions(name)[1]
+    assigned, body = statements(fn.outputs, fn.own)
+    outputs = dict(zip((n for n, _ in fn.outputs), body))
+    summed = [outputs[n] for n, how in fn.finish if how in (SUM_ALL, SUM_ROWS)]
+    assert summed and fn.own
+    for n in fn.own:
+        used = set().union(*(e.free_symbols for e in summed),
+                           *(v.free_symbols for _, v in assigned))
+        assert not (isinstance(outputs[n], sp.Symbol) and outputs[n] in used
+                    and outputs[n] in dict(assigned)), (n, outputs[n])

@@ -18,9 +18,9 @@ arrive in their own dtypes (float32 parameters under bfloat16 autocast, say).
   stay in cache.
 - ``"fused"``: the generated ``*_fused_*`` variants (dtype policy and sums printed in)
   through torch.compile (inductor): one loop forward; one backward loop computes grad_x,
-  the scalars' sums and the weight's term, which torch sums over the rows. Compiled on the first
-  call of each form and dtype; if compiling fails, the call runs op by op and one warning
-  says why.
+  the scalars' sums and the weight's term, which torch sums over the rows. Compiled on the
+  first call of each form and dtype; if compiling fails, the call runs op by op and one
+  warning says why.
 - ``"triton"``: the generated Triton kernels (numeric/kernels.py), on CUDA; on a CPU only
   through Triton's interpreter (TRITON_INTERPRET=1).
 

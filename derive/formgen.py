@@ -170,6 +170,12 @@ def _compute_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _cast(t, dtype):
+    """t in dtype, t itself where it already is (torch 2.11's dynamo zeroes every gradient
+    of a Function whose forward returns a no-op .to())."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _clamped(x):
     """x in the compute dtype, clamped to its finite range (+-inf saturates)."""
     ct = _compute_dtype(x.dtype)
@@ -211,8 +217,8 @@ class ${Camel}Function(torch.autograd.Function):
         ct = _compute_dtype(x.dtype)
         args = [t.to(ct) for t in (*scalars, weight)]
         if bias is None:
-            return ${name}_forward_nobias(_clamped(x), *args).to(x.dtype)
-        return ${name}_forward(_clamped(x), *args, bias.to(ct)).to(x.dtype)
+            return _cast(${name}_forward_nobias(_clamped(x), *args), x.dtype)
+        return _cast(${name}_forward(_clamped(x), *args, bias.to(ct)), x.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -305,6 +311,26 @@ class ${Camel}Backward(torch.autograd.Function):
                 *(_sum_like(f + h, x, s) for f, h, s in zip(f_s, h_s, scalars)))
 
 
+class ${Camel}Traced(torch.autograd.Function):
+    """What torch.compile traces in place of ${Camel}Function (dynamo supports no custom
+    jvp, nor a backward that is a Function with one): the same forward, and the printed
+    first derivatives as its backward. apply(x, weight, bias, *scalars)."""
+
+    forward = staticmethod(${Camel}Function.forward)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, *scalars = inputs
+        ctx.save_for_backward(x, weight, *scalars)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, *scalars = ctx.saved_tensors
+        gx, gw, gb, *gs = ${Camel}Backward.forward(grad, x, weight, *scalars)
+        return (gx, gw, None if ctx.bias_dtype is None else gb.to(ctx.bias_dtype), *gs)
+
+
 # -- the functional and the module ----------------------------------------------------------
 
 def _tensor(t, what, x, shape):
@@ -345,7 +371,8 @@ def $name(x, weight, bias=None, **scalars):
     weight = _tensor(weight, "weight", x, (C,))
     bias = None if bias is None else _tensor(bias, "bias", x, (C,))
     values = [_scalar(scalars[s], s, x) for s in SCALARS]
-    return ${Camel}Function.apply(x, weight, bias, *values)
+    fn = ${Camel}Traced if torch.compiler.is_compiling() else ${Camel}Function
+    return fn.apply(x, weight, bias, *values)
 
 
 class ${Camel}(torch.nn.Module):

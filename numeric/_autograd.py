@@ -294,4 +294,26 @@ class LayerNormFunction(NormFunction):
     norm = "layernorm"
 
 
+class TracedNorm(torch.autograd.Function):
+    """What torch.compile traces in place of a ``NormFunction`` (dynamo supports no custom
+    ``jvp``): the same generated forward and VJP, first order.
+
+    apply(norm, x, eps) in the compute dtype.
+    """
+
+    @staticmethod
+    def forward(norm, x, eps):
+        return getattr(N, f"{norm}_forward")(x, eps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+        ctx.norm, ctx.eps = inputs[0], inputs[2]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return None, getattr(N, f"{ctx.norm}_backward")(grad, x, ctx.eps), None
+
+
 NORMS = {c.norm: c for c in (RMSNormFunction, LayerNormFunction)}

@@ -99,6 +99,13 @@ def choose(x: torch.Tensor) -> str:
     return "torch"
 
 
+def cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t in dtype, and t itself where it already is: torch 2.11's dynamo gives an
+    autograd.Function whose forward returns a no-op ``.to()`` zero gradients (every input's,
+    under torch.compile; tests/test_compile.py)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _clamped(x: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
     big = torch.finfo(ct).max
     return x.to(ct).clamp(-big, big)
@@ -129,7 +136,7 @@ def torch_forward(name, x, scalars, weight, bias):
                 else (getattr(G, f"{name}_forward"), (*ps, w, b)))
     blocks = _blocks(x)
     if blocks is None:
-        return fn(_clamped(x, ct), *args).to(x.dtype)
+        return cast(fn(_clamped(x, ct), *args), x.dtype)
     x2 = x.reshape(-1, x.shape[-1])
     y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
     for rows in blocks:

@@ -23,7 +23,7 @@ import numbers
 
 import torch
 
-from ._autograd import FUNCTIONS, NORMS, TracedFunction
+from ._autograd import FUNCTIONS, NORMS, TracedFunction, TracedNorm
 from .backends import compute_dtype, get_backend, set_backend  # noqa: F401  (the API)
 from .generated.forms import FORMS
 
@@ -162,7 +162,11 @@ def _norm(name: str, x, weight, bias, eps):
     bias = _channels(bias, "bias", x, optional=True)
     ct = compute_dtype(x.dtype)
     eps = check_eps(eps, allow_none=name == "rmsnorm")
-    y = NORMS[name].apply(x.to(ct), torch.finfo(ct).eps if eps is None else eps)
+    eps = torch.finfo(ct).eps if eps is None else eps
+    if torch.compiler.is_compiling():
+        y = TracedNorm.apply(name, x.to(ct), eps)
+    else:
+        y = NORMS[name].apply(x.to(ct), eps)
     if weight is not None:
         y = y * weight.to(ct)
     if bias is not None:

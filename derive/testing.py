@@ -80,10 +80,12 @@ def tol_for(dtype: torch.dtype) -> Tol:
     return TOLERANCES[dtype]
 
 
-def _log(got: torch.Tensor, dtype, what: str, ratio: torch.Tensor, err: torch.Tensor) -> None:
+def _log(got: torch.Tensor, dtype, what: str, ratio: torch.Tensor, err: torch.Tensor,
+         passed: bool) -> None:
     finite = err.nan_to_num(0.0, posinf=0.0)
     line = {"dtype": str(dtype).replace("torch.", ""), "device": got.device.type, "what": what,
-            "max_err_over_allowed": float(ratio.nan_to_num(0.0).max()) if ratio.numel() else 0.0,
+            "passed": passed,
+            "max_err_over_allowed": float(ratio.max()) if ratio.numel() else 0.0,
             "max_abs_err": float(finite.max()) if finite.numel() else 0.0}
     with open(ERROR_LOG, "a") as f:
         f.write(json.dumps(line) + "\n")
@@ -118,12 +120,15 @@ def assert_close(got: torch.Tensor, ref: torch.Tensor, *, scale=None, dtype=None
     err = (got64 - ref64).abs()
     allowed = t.atol + t.rtol * ref64.abs() + t.ctol * scale64.expand_as(ref64)
     ok = both_nan | same_inf | (err <= allowed)
-    if ERROR_LOG:
-        _log(got, dtype or got.dtype, what, torch.where(ok & ~(both_nan | same_inf), err / allowed,
-                                                        torch.zeros_like(err)), err)
     bad = ~ok
+    # err / allowed of every element that is not a matching NaN or inf (a NaN against a
+    # number counts as infinitely far): what the log records, passing or failing
+    ratio = torch.where(both_nan | same_inf, torch.zeros_like(err),
+                        (err / allowed).nan_to_num(float("inf")))
+    if ERROR_LOG:
+        _log(got, dtype or got.dtype, what, ratio, err, not bad.any())
     if bad.any():
-        excess = torch.where(bad, (err / allowed).nan_to_num(float("inf")), torch.zeros_like(err))
+        excess = torch.where(bad, ratio, torch.zeros_like(err))
         i = int(excess.flatten().argmax())
         idx = tuple(int(v) for v in torch.unravel_index(torch.tensor(i), ref64.shape))
         at = {k: _at(v, i, ref64.numel()) for k, v in (inputs or {}).items()}

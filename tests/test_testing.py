@@ -3,10 +3,13 @@ ones (naming the worst input), for catalog forms and formulas alike; its argumen
 checked. numeric's own forms go through it in tests/test_layers_property.py."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import sympy as sp
 import torch
 
+from derive import testing as T
 from derive.testing import Mismatch, assert_matches
 
 F32, F64 = torch.float32, torch.float64
@@ -115,3 +118,17 @@ def test_arguments_are_checked(kwargs, error, match):
 def test_forms_are_checked(form, error, match):
     with pytest.raises(error, match=match):
         assert_matches(dyt, form)
+
+
+def test_the_error_log_records_failing_comparisons_too(tmp_path, monkeypatch):
+    """DYNORM_ERROR_LOG held the passing comparisons only, so the worst error went missing."""
+    log = tmp_path / "errors.jsonl"
+    monkeypatch.setattr(T, "ERROR_LOG", str(log))
+    ref = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    T.assert_close(ref.float(), ref, what="close")
+    with pytest.raises(T.Mismatch):
+        T.assert_close(torch.tensor([1.0, 2.5, float("nan")]), ref, what="off")
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["what"], r["passed"]) for r in lines] == [("close", True), ("off", False)]
+    assert lines[0]["max_err_over_allowed"] == 0.0
+    assert lines[1]["max_err_over_allowed"] > 1e300 and lines[1]["max_abs_err"] == 0.5

@@ -515,8 +515,10 @@ KERNEL_RULES = ("tanh_exp", "sech2_exp", "hypot_minmax")
 #: (inductor's vectorised CPU erf is off by about 2e-7 absolute there: 14% relative at
 #: u = 1.3e-6).
 FUSED_RULES = ("tanh_exp", "sech2_exp", "hypot_scaled", "erf_taylor")
-#: The speed rules of the PyTorch code, on top of the safety rules, in the order applied.
-TORCH_RULES = ("tanh_expm1", "sech2_sigmoid")
+#: The PyTorch code's rules, on top of the safety rules, in the order applied: the speed
+#: rules, and hypot by max and min (torch.hypot is the device's own: on CUDA in float64 it
+#: gave inf next to the largest double, and DyISRU's output 0 for x = -1.8e308).
+TORCH_RULES = ("tanh_expm1", "sech2_sigmoid", "hypot_minmax")
 
 RULES: dict[str, Rule] = {
     "sech2": Rule("sech2", "1 - tanh(u)^2 cancels to 0 in float32 for |u| > 9",

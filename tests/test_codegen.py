@@ -21,7 +21,8 @@ def test_banner_and_spellings():
         assert "pow(" not in text and "torch.pow" not in text
     assert "torch.rsqrt" in torch_code(1 / sp.sqrt(sp.Symbol("v")))  # 1/sqrt prints as rsqrt
     assert "torch.hypot" in norms and "u = x / a" in norms   # the norms scale before squaring
-    assert "torch.hypot" in layers                   # the overflow-safe ISRU
+    # the overflow-safe ISRU, its hypot by max and min (not the device's torch.hypot)
+    assert "torch.hypot" not in layers and "hmax*torch.sqrt((hratio * hratio) + 1)" in layers
     assert "1 - torch.tanh" not in layers            # sech^2, not 1 - tanh^2
     # the speed rules: no torch.tanh or torch.cosh, their expm1 and sigmoid templates instead
     assert "torch.tanh" not in layers and "torch.cosh" not in layers

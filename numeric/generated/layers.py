@@ -146,9 +146,14 @@ def dyisru_forward(x, beta, weight, bias):
 
     From the catalog's dyisru = sqrt(C)*x/sqrt(beta + x**2): the bound promoted to weight, plus bias.
 
-    Operations after CSE: 6.
+    Operations after CSE: 15.
     """
-    h = torch.hypot(torch.sqrt(beta), x)
+    s0 = torch.abs(x)
+    s1 = torch.sqrt(beta)
+    hmax = torch.maximum(s0, s1)
+    hmin = torch.minimum(s0, s1)
+    hratio = hmin/hmax
+    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
     q = x/h
     y = torch.addcmul(bias, weight, q)
     return y
@@ -157,9 +162,14 @@ def dyisru_forward(x, beta, weight, bias):
 def dyisru_forward_nobias(x, beta, weight):
     """dyisru without bias: y = weight*x/sqrt(beta + x**2)
 
-    Operations after CSE: 5.
+    Operations after CSE: 14.
     """
-    h = torch.hypot(torch.sqrt(beta), x)
+    s0 = torch.abs(x)
+    s1 = torch.sqrt(beta)
+    hmax = torch.maximum(s0, s1)
+    hmin = torch.minimum(s0, s1)
+    hratio = hmin/hmax
+    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
     q = x/h
     y = q*weight
     return y
@@ -172,13 +182,17 @@ def dyisru_backward(grad, x, beta, weight):
         grad_beta = grad * -weight*x/(2*(beta + x**2)**(3/2))
         grad_weight = grad * x/sqrt(beta + x**2)
 
-    Operations after CSE: 16.
+    Operations after CSE: 25.
     """
-    s0 = torch.sqrt(beta)
-    h = torch.hypot(s0, x)
-    s1 = (1 / h)
-    p = s0*s1
-    q = s1*x
+    s0 = torch.abs(x)
+    s1 = torch.sqrt(beta)
+    hmax = torch.maximum(s0, s1)
+    hmin = torch.minimum(s0, s1)
+    hratio = hmin/hmax
+    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
+    s2 = (1 / h)
+    p = s1*s2
+    q = s2*x
     t0 = grad*q
     grad_x = p*(p*(grad*weight/h))
     grad_beta = -0.5*t0*weight/(h * h)
@@ -189,13 +203,17 @@ def dyisru_backward(grad, x, beta, weight):
 def dyisru_jvp(x, beta, weight, x_t, beta_t, weight_t):
     """dyisru: the forward-mode product of y = bias + weight*x/sqrt(beta + x**2), y_t = sum over a of a_t dy/da (the caller adds bias_t).
 
-    Operations after CSE: 18.
+    Operations after CSE: 27.
     """
-    s0 = torch.sqrt(beta)
-    h = torch.hypot(s0, x)
-    s1 = (1 / h)
-    p = s0*s1
-    q = s1*x
+    s0 = torch.abs(x)
+    s1 = torch.sqrt(beta)
+    hmax = torch.maximum(s0, s1)
+    hmin = torch.minimum(s0, s1)
+    hratio = hmin/hmax
+    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
+    s2 = (1 / h)
+    p = s1*s2
+    q = s2*x
     y_t = -0.5*beta_t*q*weight/(h * h) + q*weight_t + p*(p*(weight*x_t/h))
     return y_t
 
@@ -209,13 +227,17 @@ def dyisru_hvp(grad, x, beta, weight, x_v, beta_v, weight_v):
         d2y/dbetadbeta = 3*weight*x/(4*(beta + x**2)**(5/2))
         d2y/dbetadweight = -x/(2*(beta + x**2)**(3/2))
 
-    Operations after CSE: 45.
+    Operations after CSE: 54.
     """
-    s0 = torch.sqrt(beta)
-    h = torch.hypot(s0, x)
-    s1 = (1 / h)
-    q = s1*x
-    p = s0*s1
+    s0 = torch.abs(x)
+    s1 = torch.sqrt(beta)
+    hmax = torch.maximum(s0, s1)
+    hmin = torch.minimum(s0, s1)
+    hratio = hmin/hmax
+    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
+    s2 = (1 / h)
+    q = s2*x
+    p = s1*s2
     t0 = (1 / h)
     t1 = (p * p)
     t2 = 3*t1
@@ -433,10 +455,15 @@ def dyisru_ln_forward(x, beta, shift, weight, bias):
 
     From the catalog's dyisru_ln = sqrt(C - 1)*(-m + x)/sqrt(beta + (-m + x)**2): the bound promoted to weight, plus bias.
 
-    Operations after CSE: 6.
+    Operations after CSE: 15.
     """
     z = torch.nan_to_num(x - shift, nan=torch.nan)
-    h = torch.hypot(torch.sqrt(beta), z)
+    s0 = torch.abs(z)
+    s1 = torch.sqrt(beta)
+    hmax = torch.maximum(s0, s1)
+    hmin = torch.minimum(s0, s1)
+    hratio = hmin/hmax
+    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
     q = z/h
     y = torch.addcmul(bias, weight, q)
     return y
@@ -445,10 +472,15 @@ def dyisru_ln_forward(x, beta, shift, weight, bias):
 def dyisru_ln_forward_nobias(x, beta, shift, weight):
     """dyisru_ln without bias: y = weight*z/sqrt(beta + z**2)
 
-    Operations after CSE: 5.
+    Operations after CSE: 14.
     """
     z = torch.nan_to_num(x - shift, nan=torch.nan)
-    h = torch.hypot(torch.sqrt(beta), z)
+    s0 = torch.abs(z)
+    s1 = torch.sqrt(beta)
+    hmax = torch.maximum(s0, s1)
+    hmin = torch.minimum(s0, s1)
+    hratio = hmin/hmax
+    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
     q = z/h
     y = q*weight
     return y
@@ -462,14 +494,18 @@ def dyisru_ln_backward(grad, x, beta, shift, weight):
         grad_shift = grad * weight*z**2/(beta + z**2)**(3/2) - weight/sqrt(beta + z**2)
         grad_weight = grad * z/sqrt(beta + z**2)
 
-    Operations after CSE: 17.
+    Operations after CSE: 26.
     """
     z = torch.nan_to_num(x - shift, nan=torch.nan)
-    s0 = torch.sqrt(beta)
-    h = torch.hypot(s0, z)
-    s1 = (1 / h)
-    p = s0*s1
-    q = s1*z
+    s0 = torch.abs(z)
+    s1 = torch.sqrt(beta)
+    hmax = torch.maximum(s0, s1)
+    hmin = torch.minimum(s0, s1)
+    hratio = hmin/hmax
+    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
+    s2 = (1 / h)
+    p = s1*s2
+    q = s2*z
     t0 = p*(p*(grad*weight/h))
     t1 = grad*q
     grad_x = t0
@@ -482,14 +518,18 @@ def dyisru_ln_backward(grad, x, beta, shift, weight):
 def dyisru_ln_jvp(x, beta, shift, weight, x_t, beta_t, shift_t, weight_t):
     """dyisru_ln: the forward-mode product of y = bias + weight*z/sqrt(beta + z**2), z = x - shift, y_t = sum over a of a_t dy/da (the caller adds bias_t).
 
-    Operations after CSE: 23.
+    Operations after CSE: 32.
     """
     z = torch.nan_to_num(x - shift, nan=torch.nan)
-    s0 = torch.sqrt(beta)
-    h = torch.hypot(s0, z)
-    s1 = (1 / h)
-    p = s0*s1
-    q = s1*z
+    s0 = torch.abs(z)
+    s1 = torch.sqrt(beta)
+    hmax = torch.maximum(s0, s1)
+    hmin = torch.minimum(s0, s1)
+    hratio = hmin/hmax
+    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
+    s2 = (1 / h)
+    p = s1*s2
+    q = s2*z
     t0 = (1 / h)
     t1 = (p * p)
     y_t = -0.5*beta_t*q*weight/(h * h) + q*weight_t - t0*t1*shift_t*weight + t0*t1*weight*x_t
@@ -509,14 +549,18 @@ def dyisru_ln_hvp(grad, x, beta, shift, weight, x_v, beta_v, shift_v, weight_v):
         d2y/dshiftdshift = -3*weight*z*(-z**2/(beta + z**2) + 1)/(beta + z**2)**(3/2)
         d2y/dshiftdweight = (z**2/(beta + z**2) - 1)/sqrt(beta + z**2)
 
-    Operations after CSE: 59.
+    Operations after CSE: 68.
     """
     z = torch.nan_to_num(x - shift, nan=torch.nan)
-    s0 = torch.sqrt(beta)
-    h = torch.hypot(s0, z)
-    s1 = (1 / h)
-    q = s1*z
-    p = s0*s1
+    s0 = torch.abs(z)
+    s1 = torch.sqrt(beta)
+    hmax = torch.maximum(s0, s1)
+    hmin = torch.minimum(s0, s1)
+    hratio = hmin/hmax
+    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
+    s2 = (1 / h)
+    q = s2*z
+    p = s1*s2
     t0 = (1 / h)
     t1 = (p * p)
     t2 = (1 / (h * h))

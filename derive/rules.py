@@ -37,6 +37,9 @@ Fused rule (the CPU's fused variants, where a division costs as much as a square
   their sum stays below 2^125 (multiplying by a power of two is exact). hypot's temporary is
   inlined, so q = z/h prints as z k rh: one rsqrt and no division (hypot_minmax has three).
 
+- ``hypot_wide``: hypot(a, b) = sqrt(a^2 + b^2) where it is computed in float64 from
+  float32 values (the fused backward's scalar terms): a^2 + b^2 < 2^257 cannot overflow.
+
 Speed rules of the PyTorch code: torch.tanh and torch.cosh are the slowest elementwise ops
 on a CPU (tanh about 10x torch.sigmoid at (4096, 1024) float32). Each replaces one function
 by a template of cheaper ops, proven once, as exact and as safe as what it replaces.
@@ -301,6 +304,10 @@ def _hypot_scaled_template(a, b) -> Rewritten:
                                      HR: (HA**2 + HB**2) ** sp.Rational(-1, 2)})
 
 
+def _hypot_wide_template(a, b) -> Rewritten:
+    return Rewritten(sp.sqrt(a**2 + b**2))
+
+
 D = sp.Symbol("d", nonpositive=True)        # expm1(-2|u|), in (-1, 0]
 SG = sp.Symbol("sg", positive=True)          # sigmoid(-2|u|), in (0, 1/2]
 
@@ -340,6 +347,7 @@ TEMPLATES: dict[str, Template] = {
     "tanh_exp": Template(lambda e: e.func == sp.tanh, lambda e: e.args, _tanh_template),
     "sech2_exp": Template(_is_sech2, lambda e: e.base.args, _sech2_template),
     "hypot_minmax": Template(lambda e: e.func == Hypot, lambda e: e.args, _hypot_template),
+    "hypot_wide": Template(lambda e: e.func == Hypot, lambda e: e.args, _hypot_wide_template),
     "tanh_expm1": Template(lambda e: e.func == sp.tanh, lambda e: e.args, _tanh_expm1_template),
     "sech2_sigmoid": Template(_is_sech2, lambda e: e.base.args, _sech2_sigmoid_template),
     "erf_taylor": Template(lambda e: e.func == sp.erf, lambda e: e.args, _erf_template),
@@ -443,6 +451,15 @@ def _proof_hypot_scaled():
     return out
 
 
+def _proof_hypot_wide():
+    a, b = sp.symbols("a b", real=True)
+    two = sp.Integer(2)
+    return [equal("hypot(a, b) = sqrt(a^2 + b^2)",
+                  TEMPLATES["hypot_wide"].apply(Hypot(a, b)).expr, sp.sqrt(a**2 + b**2)),
+            positive("|a|, |b| < 2^128 (float32's range): a^2 + b^2 < 2^257, far below "
+                     "float64's largest (2^1024 - 2^971)", two**1024 - two**971 - 2 * two**256)]
+
+
 def _proof_tanh_expm1():
     up = sp.Symbol("u", positive=True)
     r = TEMPLATES["tanh_expm1"].apply(sp.tanh(U))
@@ -515,6 +532,10 @@ KERNEL_RULES = ("tanh_exp", "sech2_exp", "hypot_minmax")
 #: (inductor's vectorised CPU erf is off by about 2e-7 absolute there: 14% relative at
 #: u = 1.3e-6).
 FUSED_RULES = ("tanh_exp", "sech2_exp", "hypot_scaled", "erf_taylor")
+#: The fused backward's scalar terms, computed in float64 from float32 values
+#: (derive/codegen.py, WIDE): nothing of float32's range overflows there, so hypot is
+#: sqrt(a^2 + b^2) (one rsqrt in q and p), the rest as FUSED_RULES.
+FUSED_WIDE_RULES = ("tanh_exp", "sech2_exp", "hypot_wide", "erf_taylor")
 #: The PyTorch code's rules, on top of the safety rules, in the order applied: the speed
 #: rules, and hypot by max and min (torch.hypot is the device's own: on CUDA in float64 it
 #: gave inf next to the largest double, and DyISRU's output 0 for x = -1.8e308).
@@ -536,6 +557,9 @@ RULES: dict[str, Rule] = {
                          "as much as the rest; sqrt(a^2 + b^2) overflows for |a| > 1.8e19",
                          lambda expr: TEMPLATES["hypot_scaled"].apply(expr),
                          _proof_hypot_scaled),
+    "hypot_wide": Rule("hypot_wide", "hypot_scaled's powers of two are not needed in float64 "
+                       "for float32 values, whose squares cannot overflow there",
+                       lambda expr: TEMPLATES["hypot_wide"].apply(expr), _proof_hypot_wide),
     "tanh_expm1": Rule("tanh_expm1", "torch.tanh is about 3x torch.expm1 and 10x "
                        "torch.sigmoid on a CPU", apply_tanh_expm1, _proof_tanh_expm1),
     "erf_taylor": Rule("erf_taylor", "inductor's vectorised CPU erf is off by about 2e-7 "

@@ -1,15 +1,21 @@
 """numeric.convert on the models people have, and checkpoints of the published DyT layer."""
 from __future__ import annotations
 
+import importlib
+import re
+
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from derive.testing import assert_close
 import numeric
 from numeric.convert import TARGETS
 
 DEVICES = [pytest.param("meta"), pytest.param("cuda", marks=pytest.mark.gpu)]
+#: where the tests that compare values run.
+VALUE_DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 # -- which modules are converted ------------------------------------------------------------
@@ -62,6 +68,167 @@ def test_a_norm_shared_by_two_parents_stays_shared():
 def test_model_must_be_a_module():
     with pytest.raises(TypeError, match="model must be an nn.Module, got dict"):
         numeric.convert({"ln": nn.LayerNorm(8)}, "dyt")
+
+
+# -- subclasses with a forward of their own ----------------------------------------------------
+
+class LayerNorm2d(nn.LayerNorm):
+    """timm's channels-first LayerNorm (ConvNeXt's stem and downsampling): (N, C, H, W)."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class RMSNorm2d(nn.RMSNorm):
+    def forward(self, x):
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+
+
+class Doubled(nn.LayerNorm):
+    """A LayerNorm and then something else: no target computes it."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+class EitherLayout(nn.LayerNorm):
+    """Reads the layout from the input's shape: one layer of either layout would break it."""
+
+    def forward(self, x):
+        if x.shape[-1] == self.normalized_shape[0]:
+            return super().forward(x)
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+
+
+class DroppedOut(nn.LayerNorm):
+    """A LayerNorm, then dropout in training: the same as a LayerNorm in eval only."""
+
+    def forward(self, x):
+        return F.dropout(super().forward(x), 0.5, self.training)
+
+
+def _random_affine(norm: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(norm.weight.shape, generator=g) * 2.5 + 0.5)
+        if getattr(norm, "bias", None) is not None:
+            norm.bias.copy_(torch.randn(norm.bias.shape, generator=g))
+    return norm
+
+
+@pytest.mark.parametrize("device", VALUE_DEVICES)
+def test_a_channels_first_layernorm_becomes_a_channels_first_dyt(device):
+    """LayerNorm2d(16) on (2, 16, 16, 16): the converted layer computes DyT over dim 1 with the
+    norm's weight times DyT's default scale and its bias. A channels-last DyT with the same
+    parameters (what the converter made before: the weight on the width) is off by O(1)."""
+    torch.manual_seed(0)
+    norm = _random_affine(LayerNorm2d(16, device=device))
+    model = nn.Sequential(norm)
+    report = numeric.convert(model, "dyt")
+    want = numeric.DyT(16, channels_last=False, device=device)
+    last = numeric.DyT(16, device=device)
+    with torch.no_grad():
+        for layer in (want, last):
+            layer.weight.mul_(norm.weight)
+            layer.bias.copy_(norm.bias)
+    x = 3 * torch.randn(2, 16, 16, 16, device=device)
+    with torch.no_grad():
+        got, ref = model(x), want(x)
+        assert (last(x) - ref).abs().max() > 1        # the old conversion fails this test
+    assert_close(got, ref, what="converted LayerNorm2d")
+    assert isinstance(model[0], numeric.DyT) and model[0].channels_last is False
+    assert model[0].weight.device.type == torch.device(device).type
+    assert [r.name for r in report] == ["0"] and "channels_last=False" in str(report)
+    assert report.skipped == []
+
+
+@pytest.mark.parametrize("device", VALUE_DEVICES)
+def test_a_channels_first_norm_of_another_width_runs(device):
+    """Width 7 (not the map's width): the converted forward runs and matches DyT over dim 1;
+    a channels-first RMSNorm subclass too, without a bias."""
+    model = nn.Sequential(_random_affine(LayerNorm2d(7, device=device)),
+                          _random_affine(RMSNorm2d(7, device=device)))
+    report = numeric.convert(model, "dyt", alpha_init=0.7)
+    x = torch.randn(2, 7, 5, 6, device=device)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (2, 7, 5, 6)
+    assert [r.name for r in report] == ["0", "1"]
+    assert model[0].channels_last is False and model[1].channels_last is False
+    assert model[1].bias is None
+    w0, b0 = model[0].weight[:, None, None], model[0].bias[:, None, None]
+    with torch.no_grad():
+        h = w0 * torch.tanh(0.7 * x) + b0
+        assert_close(model[0](x), h, what="first layer")
+        assert_close(y, model[1].weight[:, None, None] * torch.tanh(0.7 * h), what="both")
+
+
+@pytest.mark.parametrize("device", VALUE_DEVICES)
+def test_a_zero_weight_does_not_hide_the_layout(device):
+    """The probe runs a copy with random weight and bias: a norm whose weight is 0 (every
+    layout computes 0) is still found channels first."""
+    norm = LayerNorm2d(6, device=device)
+    nn.init.zeros_(norm.weight)
+    report = numeric.convert(norm, "dyt")
+    assert isinstance(report.model, numeric.DyT) and report.model.channels_last is False
+    assert torch.equal(norm.weight, torch.zeros(6, device=device))   # the norm is untouched
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_channels_first_norm_on_the_meta_device_converts_there(device):
+    """On meta (no values) the probe runs a copy on the CPU; the new layer is on meta."""
+    model = nn.Sequential(LayerNorm2d(8, device=device), Doubled(8, device=device))
+    report = numeric.convert(model, "dyt")
+    assert model[0].channels_last is False
+    assert model[0].weight.device.type == torch.device(device).type
+    assert isinstance(model[1], Doubled) and [s.name for s in report.skipped] == ["1"]
+
+
+@pytest.mark.parametrize("device", VALUE_DEVICES)
+@pytest.mark.parametrize("cls,why", [
+    (Doubled, r"Doubled.forward\) computes no LayerNorm over the channels: channels last "
+              r"input: differs by up to"),
+    (EitherLayout, r"computes a LayerNorm in more than one layout"),
+    (DroppedOut, r"channels last input: differs by up to [0-9.]+ \(in training\)"),
+])
+def test_a_subclass_with_an_unknown_forward_is_left_in_place(device, cls, why):
+    """Never replaced by a guess: the norm stays, and the report names it with the reason."""
+    norm = cls(8, device=device)
+    model = nn.Sequential(nn.Linear(8, 8, device=device), norm, nn.LayerNorm(8, device=device))
+    torch.manual_seed(5)
+    report = numeric.convert(model, "dyt")
+    drawn = torch.rand(3, device=device)
+    torch.manual_seed(5)
+    assert torch.equal(drawn, torch.rand(3, device=device))   # the probe drew nothing of ours
+    assert model[1] is norm and isinstance(model[2], numeric.DyT)
+    assert [r.name for r in report] == ["2"]
+    (skipped,) = report.skipped
+    assert skipped.name == "1" and skipped.old == repr(norm)
+    assert f"1: skipped {cls.__name__}((8,)" in str(report)
+    assert re.search(why, skipped.why), skipped.why
+    alone = numeric.convert(norm, "dyt")              # the model itself: returned as it is
+    assert alone.model is norm and len(alone) == 0 and alone.skipped[0].name == ""
+
+
+@pytest.mark.parametrize("device", VALUE_DEVICES)
+def test_a_channels_first_norm_stays_where_the_target_has_no_channels_first_form(device):
+    model = nn.Sequential(LayerNorm2d(8, device=device), nn.LayerNorm(8, device=device))
+    report = numeric.convert(model, "dyisru")
+    assert isinstance(model[0], LayerNorm2d) and isinstance(model[1], numeric.DyISRU)
+    (skipped,) = report.skipped
+    assert skipped.name == "0"
+    assert "channels first, and dyisru has no such form (channels_last=False); dyt has" \
+        in skipped.why
+
+
+def test_a_subclass_that_keeps_the_norms_forward_is_not_probed(monkeypatch):
+    """No forward of its own: converted as before, without running it."""
+    monkeypatch.setattr(importlib.import_module("numeric.convert"), "_layout",
+                        lambda *a: pytest.fail("probed"))
+    model = nn.Sequential(MyRMSNorm(8), numeric.LayerNorm(8))
+    assert len(numeric.convert(model, "dyt")) == 2
 
 
 # -- what the new layer keeps -------------------------------------------------------------------

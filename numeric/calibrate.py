@@ -24,6 +24,12 @@ manager), so there is no copy of the model; at any time at most two batches' act
 exist: the original's (no graph) and the converted one's (with its graph, while distilling),
 and while a layer is fitted, ``fit_tokens`` rows of its input and its norm's output.
 
+``batches`` (and ``held_out``) is a list or tuple of batches, taken whole, or any other
+iterable (a DataLoader, a generator, ``itertools.cycle(loader)``), of which at most
+``max_batches`` (default 64) are read, once, and kept: an iterable that does not end is cut
+there. When it had more, a warning says so; ``CalibrationReport.batches`` says how many
+were used.
+
 A batch is what the model takes: a tensor (``model(x)``), a tuple or list (``model(*b)``), or
 a dict of tensors: passed as keywords when every key names a parameter of the model's
 forward (``model(**b)``, as Hugging Face models take them), as one argument otherwise
@@ -32,14 +38,19 @@ the activations' leading shape also says which tokens are real: padding is left 
 the fits, the layer loss and the errors. ``output`` picks the tensor to compare from what
 the model returns: a key, an index, a function, or None for the output itself or its
 first floating-point tensor.
+
+A new layer with ``channels_last=False`` (in place of a channels-first norm) sees (N, C, ...)
+activations: its inputs and outputs are read with the channels moved last.
 """
 from __future__ import annotations
 
 import copy
 import inspect
+import itertools
 import math
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -72,7 +83,8 @@ FITS = ("sequential", "independent")
 
 #: the options of a calibration and their defaults (numeric.convert reads them from here).
 DEFAULTS = {"steps": 0, "held_out": None, "fit": "sequential", "output": None, "lr": 3e-3,
-            "layer_loss": 0.0, "seed": 0, "fit_tokens": 1024, "progress": True}
+            "layer_loss": 0.0, "seed": 0, "fit_tokens": 1024, "progress": True,
+            "max_batches": 64}
 
 
 class _Stop(Exception):
@@ -95,18 +107,30 @@ def call(model: nn.Module, batch):
     return model(*batch)
 
 
-def _check_batches(batches, name: str) -> list:
+def _check_batches(batches, name: str, max_batches: int = DEFAULTS["max_batches"]):
+    """(the batches as a list, whether the iterable had more): a list or tuple whole, at most
+    ``max_batches`` of any other iterable (read once; one more is read to tell whether it
+    had more, and a warning names the bound when it had)."""
     if isinstance(batches, (torch.Tensor, Mapping)) or not hasattr(batches, "__iter__"):
         raise TypeError(f"{name} must be an iterable of batches (tensors, dicts or tuples of "
                         f"tensors), got {type(batches).__name__}")
-    batches = list(batches)
-    if not batches:
+    if isinstance(batches, (list, tuple)):
+        taken, more = list(batches), False
+    else:
+        taken = list(itertools.islice(batches, max_batches + 1))
+        more = len(taken) > max_batches
+        del taken[max_batches:]
+    if not taken:
         raise ValueError(f"{name} must hold at least one batch, got none")
-    for b in batches:
+    for b in taken:
         if not isinstance(b, (torch.Tensor, Mapping, tuple, list)):
             raise TypeError(f"{name}: each batch must be a tensor, a dict or a tuple of "
                             f"tensors, got {type(b).__name__}")
-    return batches
+    if more:
+        warnings.warn(f"{name}: took the first {max_batches} batches of a "
+                      f"{type(batches).__name__} that has more (max_batches={max_batches}; "
+                      f"pass a list to take every batch)", stacklevel=4)
+    return taken, more
 
 
 def pick_output(out, output=None) -> torch.Tensor:
@@ -137,6 +161,12 @@ def _mask(batch, x: torch.Tensor):
     if isinstance(m, torch.Tensor) and tuple(m.shape) == tuple(x.shape[:-1]):
         return m.to(device=x.device, dtype=torch.bool)
     return None
+
+
+def _last(layer: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """A new layer's activation t with its channels last: moved from dim 1 for a layer with
+    ``channels_last=False``, as it is otherwise."""
+    return t.movedim(1, -1) if getattr(layer, "channels_last", True) is False else t
 
 
 def _rows(x: torch.Tensor, mask) -> torch.Tensor:
@@ -192,6 +222,8 @@ class CalibrationReport:
     seconds: dict = field(default_factory=dict)
     cosine: dict = field(default_factory=dict)       # stage -> (mean, min) on held-out
     history: list = field(default_factory=list)      # (step, loss) of every step
+    #: argument ("calibrate", "held_out") -> (batches used, whether the iterable had more)
+    batches: dict = field(default_factory=dict)
     #: the Calibration itself: ``.distil(steps)`` goes on, ``.cosines(batches)`` measures
     calibration: "Calibration | None" = field(default=None, repr=False)
 
@@ -204,6 +236,8 @@ class CalibrationReport:
                   for r in self.layers]
         lines += [f"held-out cosine to the original, {stage}: mean {mean:.4f}, min {low:.4f}"
                   for stage, (mean, low) in self.cosine.items()]
+        lines += [f"{name}: the first {n} batches of an iterable that has more (max_batches)"
+                  for name, (n, more) in self.batches.items() if more]
         return "\n".join(lines)
 
 
@@ -347,15 +381,18 @@ class Calibration:
     """The stages on a converted model; ``run`` does all of them, the experiment steps in.
 
     ``root`` is the old norm when the model itself was one (then ``model`` is the new layer).
+    ``batches`` are kept as a list (at most ``max_batches`` of an iterable other than a list
+    or tuple; ``more_batches`` says whether it had more).
     """
 
     def __init__(self, model: nn.Module, slots: list[Slot], batches, *,
                  output=DEFAULTS["output"], seed: int = DEFAULTS["seed"],
                  fit_tokens: int = DEFAULTS["fit_tokens"], lr: float = DEFAULTS["lr"],
                  layer_loss: float = DEFAULTS["layer_loss"],
-                 progress: bool = DEFAULTS["progress"], root: nn.Module | None = None):
+                 progress: bool = DEFAULTS["progress"],
+                 max_batches: int = DEFAULTS["max_batches"], root: nn.Module | None = None):
         self.model, self.slots, self.root = model, slots, root
-        self.batches = _check_batches(batches, "calibrate")
+        self.batches, self.more_batches = _check_batches(batches, "calibrate", max_batches)
         self.output, self.seed, self.fit_tokens = output, seed, fit_tokens
         self.lr, self.layer_loss = lr, layer_loss
         self.progress = Progress(progress)
@@ -384,11 +421,11 @@ class Calibration:
     def capture(self, batch, slot: Slot, original: bool) -> list[tuple]:
         """(input, output) of each of the slot's calls in a forward of the batch by the
         original or the converted model, the rest of the forward skipped once the slot has
-        run its calls."""
+        run its calls; channels last (``_last``)."""
         seen = []
 
         def hook(_m, args, out):
-            seen.append((args[0].detach(), out.detach()))
+            seen.append((_last(slot.new, args[0].detach()), _last(slot.new, out.detach())))
             if len(seen) == slot.calls:
                 raise _Stop
 
@@ -514,7 +551,8 @@ class Calibration:
         want = self.layer_loss > 0
         ref_layers, new_layers = [], []
         handles = [s.old.register_forward_hook(
-            lambda _m, _a, out: ref_layers.append(out.detach())) for s in self.slots] if want else []
+            lambda _m, _a, out, s=s: ref_layers.append(_last(s.new, out.detach())))
+            for s in self.slots] if want else []
         try:
             with torch.no_grad(), self.original() as m:
                 ref = pick_output(call(m, batch), self.output)
@@ -522,7 +560,8 @@ class Calibration:
             for h in handles:
                 h.remove()
         handles = [s.new.register_forward_hook(
-            lambda _m, _a, out: new_layers.append(out)) for s in self.slots] if want else []
+            lambda _m, _a, out, s=s: new_layers.append(_last(s.new, out)))
+            for s in self.slots] if want else []
         try:
             out = pick_output(call(self.model, batch), self.output)
         finally:
@@ -546,8 +585,9 @@ class Calibration:
         sums = {id(s): [0.0, 0.0] for s in self.slots}
 
         def hook(slot, batch, x, out):
-            mask = _mask(batch, x)
-            new, old = _rows(out, mask).double(), _rows(slot.old(x), mask).double()
+            old, out = _last(slot.new, slot.old(x)), _last(slot.new, out)
+            mask = _mask(batch, out)
+            new, old = _rows(out, mask).double(), _rows(old, mask).double()
             sums[id(slot)][0] += ((new - old) ** 2).sum().item()
             sums[id(slot)][1] += (old * old).sum().item()
 
@@ -604,9 +644,14 @@ def _lr_scales(slot: Slot) -> dict[str, float]:
 
 def run(model: nn.Module, slots: list[Slot], batches, *, steps: int = DEFAULTS["steps"],
         held_out=DEFAULTS["held_out"], fit: str = DEFAULTS["fit"],
-        root: nn.Module | None = None, **options) -> CalibrationReport:
-    """Fit, distil ``steps`` steps, measure; the new layers' parameters change in place."""
-    held = _check_batches(held_out, "held_out") if held_out is not None else None
+        max_batches: int = DEFAULTS["max_batches"], root: nn.Module | None = None,
+        **options) -> CalibrationReport:
+    """Fit, distil ``steps`` steps, measure; the new layers' parameters change in place.
+    At most ``max_batches`` batches are read from ``batches`` and from ``held_out`` each,
+    unless it is a list or tuple (taken whole)."""
+    batches, more = _check_batches(batches, "calibrate", max_batches)
+    held, more_held = (_check_batches(held_out, "held_out", max_batches)
+                       if held_out is not None else (None, False))
     for slot in slots:
         if _scalars_of(slot.new) is None:
             raise ValueError(f"calibrate: no fit for {type(slot.new).__name__} (known: "
@@ -615,7 +660,8 @@ def run(model: nn.Module, slots: list[Slot], batches, *, steps: int = DEFAULTS["
     for m, _ in was:
         m.eval()
     try:
-        cal = Calibration(model, slots, batches, root=root, **options)
+        cal = Calibration(model, slots, batches, root=root, max_batches=max_batches,
+                          **options)
         for slot in slots:
             slot.report = LayerReport(slot.names[0])
         t0 = time.perf_counter()
@@ -635,8 +681,11 @@ def run(model: nn.Module, slots: list[Slot], batches, *, steps: int = DEFAULTS["
         if steps:
             for slot, err in zip(slots, cal.local_errors()):
                 slot.report.distilled = err
+        used = {"calibrate": (len(batches), more)}
+        if held is not None:
+            used["held_out"] = (len(held), more_held)
         return CalibrationReport([s.report for s in slots], fit, steps, seconds, cosine,
-                                 cal.history, cal)
+                                 cal.history, used, cal)
     finally:
         for m, mode in was:
             m.train(mode)

@@ -6,7 +6,10 @@ cosine on a copy of the original model, never against numbers the calibration re
 from __future__ import annotations
 
 import copy
+import itertools
 import math
+import time
+import warnings
 import weakref
 
 import pytest
@@ -165,6 +168,93 @@ def test_a_norm_as_the_model_is_calibrated():
     assert cos["fitted"][0] < cos["distilled"][0] <= 1
 
 
+# -- channels-first norms --------------------------------------------------------------------------
+
+class LayerNorm2d(nn.LayerNorm):
+    """timm's channels-first LayerNorm: over dim 1 of (N, C, H, W)."""
+
+    def forward(self, x):
+        return nn.functional.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape,
+                                        self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("device", [pytest.param("cpu"),
+                                    pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_a_channels_first_norm_is_fitted_over_its_channels(device):
+    """A LayerNorm2d after a convolution becomes a channels-first DyT; its fit reads the
+    channels at dim 1: the error it reports is the one recomputed here on every position."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), LayerNorm2d(8), nn.Conv2d(8, 4, 3),
+                          nn.Flatten(2)).to(device)
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.uniform_(-0.3, 0.3)
+    original, fitted = copy.deepcopy(model), copy.deepcopy(model)
+    g = torch.Generator().manual_seed(4)
+    xs = [(torch.randn(2, 3, 9, 11, generator=g) * (1 + 3 * torch.rand(2, 1, 9, 11,
+                                                                         generator=g))).to(device)
+          for _ in range(3)]
+    numeric.convert(fitted, "dyt", calibrate=xs, fit_tokens=10_000, progress=False)
+    report = numeric.convert(model, "dyt", calibrate=xs, steps=3, fit_tokens=10_000,
+                             progress=False)
+    assert model[1].channels_last is False and fitted[1].channels_last is False
+    (row,) = report.calibration.layers
+    with torch.no_grad():
+        h = torch.cat([original[0](x) for x in xs])
+        want = original[1](h).double()
+        errors = [((m[1](h).double() - want).norm() / want.norm()).item()
+                  for m in (fitted, model)]
+    assert row.fitted < row.before
+    assert math.isclose(row.fitted, errors[0], rel_tol=1e-4)
+    assert math.isclose(row.distilled, errors[1], rel_tol=1e-4)
+
+
+# -- how many batches are read ------------------------------------------------------------------
+
+def test_an_endless_iterable_is_cut_at_max_batches():
+    """itertools.cycle never ends: the first max_batches (64) are read, a warning says so, and
+    the report says how many were used."""
+    t0 = time.perf_counter()
+    with pytest.warns(UserWarning, match=r"calibrate: took the first 64 batches of a cycle "
+                                         r"that has more \(max_batches=64"):
+        report = numeric.convert(make(), "dyt_ln", calibrate=itertools.cycle(CAL), steps=2,
+                                 progress=False)
+    assert time.perf_counter() - t0 < 30
+    cal = report.calibration
+    assert cal.batches == {"calibrate": (64, True)} and len(cal.calibration.batches) == 64
+    assert "calibrate: the first 64 batches of an iterable that has more" in str(report)
+
+
+def test_an_endless_generator_and_held_out_take_max_batches():
+    def endless():
+        for i in itertools.count():
+            yield CAL[i % len(CAL)]
+
+    with pytest.warns(UserWarning) as said:
+        report = numeric.convert(make(), "dyt_ln", calibrate=endless(), max_batches=5,
+                                 held_out=itertools.cycle(HELD), progress=False)
+    assert sorted(str(w.message).split(" (")[0] for w in said) == [
+        "calibrate: took the first 5 batches of a generator that has more",
+        "held_out: took the first 5 batches of a cycle that has more"]
+    assert all(w.filename == __file__ for w in said)      # the warning points at the call
+    cal = report.calibration
+    assert cal.batches == {"calibrate": (5, True), "held_out": (5, True)}
+    assert list(cal.calibration.batches) == [CAL[i % len(CAL)] for i in range(5)]
+
+
+def test_lists_are_taken_whole_and_a_short_iterable_with_no_warning():
+    """A list or tuple is taken whole (max_batches bounds other iterables); an iterable that
+    ends within max_batches is read to its end, and nothing is said."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        whole = numeric.convert(make(), "dyt_ln", calibrate=CAL, held_out=tuple(HELD),
+                                max_batches=2, progress=False)
+        short = numeric.convert(make(), "dyt_ln", calibrate=iter(CAL), max_batches=len(CAL),
+                                progress=False)
+    assert whole.calibration.batches == {"calibrate": (6, False), "held_out": (3, False)}
+    assert short.calibration.batches == {"calibrate": (6, False)}
+
+
 # -- batches as dicts ---------------------------------------------------------------------------
 
 class Keywords(nn.Module):
@@ -297,6 +387,12 @@ def test_learning_rates_scale_with_the_layers_input(to, want):
     ({"calibrate": CAL[0]}, TypeError, "calibrate must be an iterable of batches"),
     ({"calibrate": ["text"]}, TypeError, "calibrate: each batch must be a tensor"),
     ({"calibrate": CAL, "held_out": 3}, TypeError, "held_out must be an iterable"),
+    ({"calibrate": iter([])}, ValueError, "calibrate must hold at least one batch"),
+    ({"calibrate": CAL, "held_out": (b for b in [])}, ValueError,
+     "held_out must hold at least one batch"),
+    ({"calibrate": CAL, "max_batches": 0}, ValueError, "max_batches must be positive"),
+    ({"calibrate": CAL, "max_batches": 2.0}, TypeError, "max_batches must be an int"),
+    ({"max_batches": 8}, ValueError, "max_batches needs calibrate"),
 ])
 def test_bad_calibration_options_name_the_argument(kwargs, error, needle):
     model = make()

@@ -1,9 +1,12 @@
 """The property tests' checks on numeric's layer forms: outputs, first and second
 derivatives against the catalog in mpmath, through the one tolerance table (all of it in
-derive.testing, here called with numeric's functional signature f(x, *scalars, w, b))."""
+derive.testing, here called with numeric's functional signature f(x, *scalars, w, b)); the
+backend switch, and which backend can run which device's tensors."""
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 from contextlib import contextmanager
 
 import pytest
@@ -14,6 +17,31 @@ from numeric import functional as F
 from tests import reference as R
 
 FUNCS = {name: getattr(F, name) for name in R.FORMS}
+
+
+def cannot_run(backend: str, device: str, dtype: torch.dtype | None = None) -> str | None:
+    """Why backend ``backend`` cannot run tensors of ``device`` (and ``dtype``), or None
+    where it can: fused runs CPU tensors only; Triton runs CUDA tensors, and CPU tensors only
+    through its interpreter (conftest.py sets TRITON_INTERPRET=1 where there is no CUDA);
+    float64 runs op by op on every backend (another backend would test that path again)."""
+    if backend != "torch" and dtype == torch.float64:
+        return "float64 runs op by op on every backend"
+    if backend == "fused" and device != "cpu":
+        return f"the fused backend runs CPU tensors only, not {device}"
+    if backend == "triton":
+        if importlib.util.find_spec("triton") is None:
+            return "triton is not installed"
+        if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            return ("Triton runs CPU tensors only through its interpreter, and "
+                    "TRITON_INTERPRET=1 is not set (conftest.py sets it only without CUDA)")
+    return None
+
+
+def skip_unless_runs(backend: str, device: str, dtype: torch.dtype | None = None) -> None:
+    """Skip the test, with the reason, where ``backend`` cannot run ``device``'s tensors."""
+    reason = cannot_run(backend, device, dtype)
+    if reason:
+        pytest.skip(reason)
 
 
 @contextmanager

@@ -11,6 +11,8 @@ from tests import reference as R
 
 FORMS = tuple(R.FORMS)
 DTYPES = list(T.DTYPES)
+#: The devices every test of values and gradients runs on, the one list: cuda carries the
+#: gpu marker (conftest.py skips it where there is no CUDA device).
 DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]
 
 

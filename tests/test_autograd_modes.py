@@ -1,7 +1,8 @@
 """Every mode of autograd on every form and both reference norms: gradcheck and
 gradgradcheck (float64, in x and every parameter, forward mode too), torch.func's grad of
 grad, jvp, jacfwd, hessian and vmap against the catalog's derivatives in mpmath, and the
-double backward of a Module on every CPU path."""
+double backward of a Module op by op and fused. Each on every device (tests/strategies.py's
+DEVICES), where its backend runs that device's tensors."""
 from __future__ import annotations
 
 import pytest
@@ -19,62 +20,68 @@ from tests import strategies as S
 f64 = torch.float64
 
 
-def _case(name, shape=(3, 4), seed=0):
+def _case(name, shape=(3, 4), seed=0, device="cpu"):
+    """x, scalars, w, b in float64 on device, the same values on every device."""
     g = torch.Generator().manual_seed(seed)
     x = 2 * torch.randn(shape, generator=g, dtype=f64)
     scalars = [torch.tensor(1.7 if p.name == "beta" else 0.6 if p.name == "alpha" else 0.3,
                             dtype=f64) for p in R.params(name)]
     w = torch.randn(shape[-1], generator=g, dtype=f64)
     b = torch.randn(shape[-1], generator=g, dtype=f64)
-    return x, scalars, w, b
+    return x.to(device), [s.to(device) for s in scalars], w.to(device), b.to(device)
 
 
 def _ref(name, what, x, scalars, w, b=None):
-    return R.evaluate(name, what, x, scalars, w, b)
+    """The catalog's ``what`` in mpmath, on x's device."""
+    return R.evaluate(name, what, x, scalars, w, b).to(x.device)
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("name", S.FORMS)
-def test_gradcheck_and_gradgradcheck(name):
-    x, scalars, w, b = _case(name)
+def test_gradcheck_and_gradgradcheck(name, device):
+    x, scalars, w, b = _case(name, device=device)
     ins = [t.requires_grad_(True) for t in (x, *scalars, w, b)]
     fn = lambda x, *rest: checks.FUNCS[name](x, *rest)  # noqa: E731
     assert gradcheck(fn, ins, check_forward_ad=True)
     assert gradgradcheck(fn, ins, check_fwd_over_rev=True)
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("name", ["rms_norm", "layer_norm"])
-def test_norms_gradcheck_and_gradgradcheck(name):
+def test_norms_gradcheck_and_gradgradcheck(name, device):
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(3, 5, generator=g, dtype=f64, requires_grad=True)
-    w = torch.randn(5, generator=g, dtype=f64, requires_grad=True)
+    x = torch.randn(3, 5, generator=g, dtype=f64).to(device).requires_grad_(True)
+    w = torch.randn(5, generator=g, dtype=f64).to(device).requires_grad_(True)
     fn = lambda x, w: getattr(F, name)(x, w)  # noqa: E731
     assert gradcheck(fn, (x, w), check_forward_ad=True)
     assert gradgradcheck(fn, (x, w), check_fwd_over_rev=True)
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("name", ["rms_norm", "layer_norm"])
-def test_norms_under_torch_func_match_torch(name):
+def test_norms_under_torch_func_match_torch(name, device):
     """Our norms' hessian, jvp and vmap equal those of torch's own norms."""
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(2, 5, generator=g, dtype=f64)
+    x = torch.randn(2, 5, generator=g, dtype=f64).to(device)
     ours = lambda x: getattr(F, name)(x, eps=1e-5)  # noqa: E731
     theirs = {"rms_norm": lambda x: torch.nn.functional.rms_norm(x, (5,), eps=1e-5),
               "layer_norm": lambda x: torch.nn.functional.layer_norm(x, (5,), eps=1e-5)}[name]
-    v = torch.randn(2, 5, generator=g, dtype=f64)
+    v = torch.randn(2, 5, generator=g, dtype=f64).to(device)
     for transform in (lambda f: jvp(f, (x,), (v,))[1],
                       lambda f: hessian(lambda x: (f(x) ** 3).sum())(x),
                       lambda f: vmap(f)(x.unsqueeze(1))):
         torch.testing.assert_close(transform(ours), transform(theirs))
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("name", S.FORMS)
-def test_torch_func_matches_the_catalog(name):
+def test_torch_func_matches_the_catalog(name, device):
     """grad of grad, jvp, jacfwd, hessian and vmap, each against mpmath's derivatives."""
-    x, scalars, w, b = _case(name, (2, 3), seed=3)
+    x, scalars, w, b = _case(name, (2, 3), seed=3, device=device)
     fn = checks.FUNCS[name]
     names = [a.name for a in R.wrt(name)]
     # jvp along (x_t, scalars_t, w_t): sum_a a_t dy/da
-    tangents = _case(name, (2, 3), seed=4)
+    tangents = _case(name, (2, 3), seed=4, device=device)
     t_x, t_s, t_w, t_b = tangents
     _, y_t = jvp(lambda x, w, b, *s: fn(x, *s, w, b), (x, w, b, *scalars), (t_x, t_w, t_b, *t_s))
     want = t_b + sum(_ref(name, f"d_{a}", x, scalars, w, b) * t
@@ -99,16 +106,18 @@ def test_torch_func_matches_the_catalog(name):
                  what=f"{name} vmap")
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("backend", ["torch", "fused"])
-def test_module_double_backward_on_every_path(backend):
+def test_module_double_backward_on_every_path(backend, device):
     """numeric.DyT: the gradient penalty (g^2).sum() reaches alpha and weight, with the
     eager formula's values, at a small size and at one that fuses."""
+    checks.skip_unless_runs(backend, device)
     for shape in ((4, 8), (128, 1024)):
         torch.manual_seed(0)
-        m = numeric.DyT(shape[-1])
+        m = numeric.DyT(shape[-1], device=device)
         with torch.no_grad():
             m.weight.uniform_(0.5, 1.5)
-        x = torch.randn(shape, requires_grad=True)
+        x = torch.randn(shape, device=device, requires_grad=True)
         with checks.backend(backend):
             g, = torch.autograd.grad(m(x).sum(), x, create_graph=True)
             (g ** 2).sum().backward()
@@ -123,9 +132,10 @@ def test_module_double_backward_on_every_path(backend):
         torch.testing.assert_close(m.weight.grad.double(), w.grad, rtol=1e-4, atol=1e-5)
 
 
-def test_third_order_differentiates_the_printed_second_derivatives():
+@pytest.mark.parametrize("device", S.DEVICES)
+def test_third_order_differentiates_the_printed_second_derivatives(device):
     """d3y/dx3 through autograd of the printed second derivatives, against mpmath's."""
-    x, scalars, w, b = _case("dyt", (2, 3), seed=5)
+    x, scalars, w, b = _case("dyt", (2, 3), seed=5, device=device)
     x.requires_grad_(True)
     y = F.dyt(x, *scalars, w, b)
     g1, = torch.autograd.grad(y.sum(), x, create_graph=True)

@@ -7,6 +7,7 @@ written-out formula.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -18,6 +19,7 @@ import numeric
 from numeric import functional as F
 from numeric.layers import log_beta_bound
 from tests import checks
+from tests import strategies as S
 
 FORMS_MODULES = [numeric.DyT, numeric.DyISRU, numeric.DyTLN, numeric.DyISRULN, numeric.Derf]
 BETA_MODULES = [numeric.DyISRU, numeric.DyISRULN]
@@ -41,18 +43,19 @@ def _isru_ref(layer, x, g):
     return y.detach(), lb.grad
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("cls", BETA_MODULES)
 @pytest.mark.parametrize("log_beta", [16000.0, -16000.0, math.inf, -math.inf],
                          ids=["far-above", "far-below", "inf", "-inf"])
-def test_log_beta_far_out_of_range_has_a_finite_nonzero_gradient(cls, log_beta):
+def test_log_beta_far_out_of_range_has_a_finite_nonzero_gradient(cls, log_beta, device):
     """A step that threw log_beta far out (SGD, lr 1e4) used to give beta = inf or 0 and
     then a NaN (0 * inf) or a zero gradient; now beta is the bound and the gradient that of
     the loss at the bound, passed straight through."""
     torch.manual_seed(0)
-    layer = cls(16)
+    layer = cls(16, device=device)
     with torch.no_grad():
         layer.log_beta.fill_(log_beta)
-    x, g = torch.randn(4, 16), torch.randn(4, 16)
+    x, g = torch.randn(4, 16, device=device), torch.randn(4, 16, device=device)
     beta = layer.beta
     assert torch.isfinite(beta) and beta > 0
     y = layer(x)
@@ -66,14 +69,15 @@ def test_log_beta_far_out_of_range_has_a_finite_nonzero_gradient(cls, log_beta):
         assert grad.item() == pytest.approx(ref_grad.item(), rel=1e-4)
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("cls", BETA_MODULES)
-def test_sgd_with_a_huge_learning_rate_never_gives_nan(cls):
+def test_sgd_with_a_huge_learning_rate_never_gives_nan(cls, device):
     torch.manual_seed(0)
-    layer = cls(16)
+    layer = cls(16, device=device)
     opt = torch.optim.SGD(layer.parameters(), lr=1e4)
     for _ in range(4):
         opt.zero_grad()
-        y = layer(torch.randn(4, 16))
+        y = layer(torch.randn(4, 16, device=device))
         y.sum().backward()
         assert torch.isfinite(y).all()
         assert torch.isfinite(layer.log_beta.grad)
@@ -81,19 +85,20 @@ def test_sgd_with_a_huge_learning_rate_never_gives_nan(cls):
         assert torch.isfinite(layer.beta) and layer.beta > 0
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision_log_beta_gets_the_gradient_of_its_beta(dtype):
+def test_low_precision_log_beta_gets_the_gradient_of_its_beta(dtype, device):
     """from_sample of inputs with RMS 5 at C = 4096: beta = 1.02e5, beyond float16's 65504.
     beta is computed in float32 (not clamped to 65504), and the gradient of log_beta is
     finite and right (it was NaN: exp(log_beta) = inf in float16, times a zero)."""
     torch.manual_seed(0)
-    sample = torch.randn(64, 4096) * 5
-    layer = numeric.DyISRU.from_sample(sample).to(dtype)
+    sample = torch.randn(64, 4096, device=device) * 5
+    layer = numeric.DyISRU.from_sample(sample, device=device).to(dtype)
     stored = layer.log_beta.double()
     assert layer.beta.dtype == torch.float32
     assert layer.beta.item() == pytest.approx(math.exp(stored.item()), rel=1e-6)
     x = sample.to(dtype)
-    g = torch.randn(64, 4096) / 64
+    g = torch.randn(64, 4096, device=device) / 64
     with checks.backend("torch"):       # the parameter is the point, not the backend
         layer(x).float().backward(g)
     _, ref = _isru_ref(layer, x, g)
@@ -102,16 +107,17 @@ def test_low_precision_log_beta_gets_the_gradient_of_its_beta(dtype):
     assert grad.double().item() == pytest.approx(ref.item(), rel=1e-2, abs=1e-3)
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("cls", BETA_MODULES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_beta_init_at_the_bounds_is_kept_and_beyond_is_an_error(cls, dtype):
+def test_beta_init_at_the_bounds_is_kept_and_beyond_is_an_error(cls, dtype, device):
     bound = log_beta_bound(dtype)
     for beta in (math.exp(bound) * 0.999, math.exp(-bound) * 1.001):
-        layer = cls(8, beta_init=beta, dtype=dtype)
+        layer = cls(8, beta_init=beta, dtype=dtype, device=device)
         assert layer.beta.item() == pytest.approx(beta, rel=1e-5)
     for beta in (1e308 if dtype == torch.float32 else 1e300, math.exp(-bound) / 2):
         with pytest.raises(ValueError, match="beta_init"):
-            cls(8, beta_init=beta, dtype=dtype)
+            cls(8, beta_init=beta, dtype=dtype, device=device)
 
 
 # -- scalars and eps of the functional forms --------------------------------------------------
@@ -148,11 +154,12 @@ def test_functional_norms_eps_of_the_wrong_type_is_a_type_error(fn, eps):
         fn(torch.randn(2, 8), eps=eps)
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_functional_rms_norm_eps_none_is_torchs_default(dtype):
+def test_functional_rms_norm_eps_none_is_torchs_default(dtype, device):
     """Mean squares ~ eps, where eps matters."""
     torch.manual_seed(0)
-    x = torch.randn(4, 16, dtype=dtype) * (3e-4 if dtype == torch.float32 else 1e-8)
+    x = torch.randn(4, 16, dtype=dtype, device=device) * (3e-4 if dtype == torch.float32 else 1e-8)
     assert_close(F.rms_norm(x, eps=None), nn.functional.rms_norm(x.double(), (16,),
                  eps=torch.finfo(dtype).eps), what="rms_norm eps=None")
     with pytest.raises(TypeError, match="eps must be a real number, got NoneType"):
@@ -184,10 +191,12 @@ def test_an_init_out_of_the_dtypes_range_names_the_argument(cls, kwargs, needle)
         cls(8, **kwargs)
 
 
-def test_inits_in_range_are_stored_exactly_as_given():
-    assert numeric.DyT(8, alpha_init=1e-30).alpha.item() == pytest.approx(1e-30, rel=1e-6)
-    assert numeric.DyT(8, weight_init=0.0).weight.eq(0).all()
-    assert numeric.DyT(8, alpha_init=1e300, dtype=torch.float64).alpha.item() == 1e300
+@pytest.mark.parametrize("device", S.DEVICES)
+def test_inits_in_range_are_stored_exactly_as_given(device):
+    dyt = functools.partial(numeric.DyT, 8, device=device)
+    assert dyt(alpha_init=1e-30).alpha.item() == pytest.approx(1e-30, rel=1e-6)
+    assert dyt(weight_init=0.0).weight.eq(0).all()
+    assert dyt(alpha_init=1e300, dtype=torch.float64).alpha.item() == 1e300
 
 
 INIT_ARGS = [(numeric.DyT, "alpha_init"), (numeric.DyT, "weight_init"),
@@ -215,56 +224,61 @@ def test_a_dtype_that_is_not_floating_point_names_dtype(cls, dtype):
 
 # -- integer, bool and complex inputs ------------------------------------------------------
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cls", FORMS_MODULES)
 @pytest.mark.parametrize("dtype", [torch.int32, torch.bool, torch.complex64])
-def test_non_float_input_is_a_type_error_on_every_backend(cls, dtype, backend):
+def test_non_float_input_is_a_type_error_on_every_backend(cls, dtype, backend, device):
+    """Checked before a backend is chosen: the same error where the backend could not run
+    the device's tensors."""
+    layer, x = cls(4, device=device), torch.ones(2, 4, dtype=dtype, device=device)
     with checks.backend(backend), pytest.raises(TypeError, match="x must be a floating-point"):
-        cls(4)(torch.ones(2, 4, dtype=dtype))
+        layer(x)
 
 
 # -- values at the edge of the range ----------------------------------------------------------
 
-def _shift_case(dtype):
+def _shift_case(dtype, device):
     """x and shift whose difference overflows the compute dtype (x - shift = 4e38 in
     float32, 2.5e308 in float64), next to ordinary values."""
     big, shift = (1.5e308, -1e308) if dtype == torch.float64 else (3e38, -1e38)
-    x = torch.tensor([[big, -big, 1.0, 0.0], [-big, big, -2.0, 0.5]], dtype=dtype)
-    return x, torch.tensor(shift, dtype=dtype)
+    x = torch.tensor([[big, -big, 1.0, 0.0], [-big, big, -2.0, 0.5]], dtype=dtype, device=device)
+    return x, torch.tensor(shift, dtype=dtype, device=device)
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("name,first", [("dyisru_ln", 1.0), ("dyt_ln", 0.5)])
 @pytest.mark.parametrize("sign", [1, -1])
-def test_shifted_forms_where_x_minus_shift_overflows(name, first, dtype, backend, sign):
+def test_shifted_forms_where_x_minus_shift_overflows(name, first, dtype, backend, sign, device):
     """It was NaN: z = x - shift = inf, then inf/inf. Output and every gradient against the
     catalog in mpmath."""
-    if backend != "torch" and dtype == torch.float64:
-        pytest.skip("float64 runs op by op on every backend")
-    x, shift = _shift_case(dtype)
+    checks.skip_unless_runs(backend, device, dtype)
+    x, shift = _shift_case(dtype, device)
     x, shift = sign * x, sign * shift
-    scalars = [torch.tensor(first, dtype=dtype), shift]
-    w = torch.tensor([0.5, 1.0, 1.5, 2.0], dtype=dtype)
-    b = torch.tensor([0.0, 0.25, -0.5, 1.0], dtype=dtype)
+    scalars = [torch.tensor(first, dtype=dtype, device=device), shift]
+    w = torch.tensor([0.5, 1.0, 1.5, 2.0], dtype=dtype, device=device)
+    b = torch.tensor([0.0, 0.25, -0.5, 1.0], dtype=dtype, device=device)
     with checks.backend(backend):
         checks.check_first(name, x, scalars, w, b, torch.ones_like(x))
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("fn,ref", [
     (F.rms_norm, lambda x: nn.functional.rms_norm(x, x.shape[-1:], eps=1e-6)),
     (F.layer_norm, lambda x: nn.functional.layer_norm(x, x.shape[-1:], eps=1e-5))],
     ids=["rms_norm", "layer_norm"])
-def test_norms_of_large_inputs_are_not_zero(fn, ref, dtype):
+def test_norms_of_large_inputs_are_not_zero(fn, ref, dtype, device):
     """x*x overflowed for |x| >= 1.8e19 (float32, bfloat16) and the norm returned 0; the
     rows are scaled before squaring. torch's norms in float64 are the reference, for the
     output and the gradient."""
     x = torch.tensor([[2e19, 1e19, -3e19, 5e18],
                       [3e38, -3e38, 1e38, 0.0],
                       [1e30, 1e30, 1e30, 1e30],            # constant: LayerNorm gives 0
-                      [1e-30, -2e-30, 0.0, 3e-30]], dtype=dtype)
-    g = torch.tensor([[1.0, -2.0, 0.5, 3.0]] * 4, dtype=dtype)
+                      [1e-30, -2e-30, 0.0, 3e-30]], dtype=dtype, device=device)
+    g = torch.tensor([[1.0, -2.0, 0.5, 3.0]] * 4, dtype=dtype, device=device)
     xl = x.clone().requires_grad_(True)
     y = fn(xl, eps=1e-6 if fn is F.rms_norm else 1e-5)
     y.backward(g)
@@ -282,23 +296,25 @@ EXPORTED = [(cls, {}) for cls in FORMS_MODULES] + [
     (numeric.DyT, {"channels_last": False}), (numeric.RMSNorm, {}), (numeric.LayerNorm, {})]
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("cls,kwargs", EXPORTED,
                          ids=[c.__name__ + ("-channels-first" if k else "") for c, k in EXPORTED])
-def test_export_with_a_dynamic_batch(cls, kwargs):
+def test_export_with_a_dynamic_batch(cls, kwargs, device):
     """It failed with "Constraints violated": the backends' size tests added guards on the
     batch. The exported program runs at batch sizes on both sides of those tests (the fused
     path and the blocks of rows start at 65,536 and 262,144 elements)."""
     torch.manual_seed(0)
-    layer = cls(8, **kwargs)
+    layer = cls(8, **kwargs, device=device)
     with torch.no_grad():
         for p in layer.parameters():
             p.add_(0.1 * torch.randn_like(p))
     shape = (4, 8, 3) if kwargs else (4, 8)
     batch = torch.export.Dim("batch")
-    ep = torch.export.export(layer, (torch.randn(shape),), dynamic_shapes={"x": {0: batch}})
+    ep = torch.export.export(layer, (torch.randn(shape, device=device),),
+                             dynamic_shapes={"x": {0: batch}})
     for n in (3, 40000):
-        x = torch.randn((n, *shape[1:]))
-        with checks.backend("torch"):     # what the exported program runs: op by op
+        x = torch.randn((n, *shape[1:]), device=device)
+        with checks.backend("torch"):     # op by op (what the program runs on a CPU)
             ref = layer(x).double()
         # y = weight * f + bias may cancel: judged by the size of the terms, |y| + 2 |bias|
         b = 0 if layer.bias is None else layer.bias.detach().double().abs()

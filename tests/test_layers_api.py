@@ -1,4 +1,5 @@
-"""The layers as people use them: defaults, errors, dtype policy, identities, compile, DDP."""
+"""The layers as people use them: defaults, errors, dtype policy, identities, DDP. Every test
+of values or gradients runs on each of tests/strategies.py's DEVICES."""
 from __future__ import annotations
 
 import math
@@ -12,30 +13,33 @@ from torch import nn
 from derive.testing import assert_close
 import numeric
 from numeric import functional as F
+from tests import strategies as S
 
 LAYERS = [numeric.DyT, numeric.DyISRU, numeric.DyTLN, numeric.DyISRULN]
-DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
-def test_defaults_follow_the_paper_and_the_derivation():
-    dyt = numeric.DyT(16)
+@pytest.mark.parametrize("device", S.DEVICES)
+def test_defaults_follow_the_paper_and_the_derivation(device):
+    dyt = numeric.DyT(16, device=device)
     assert dyt.alpha.shape == () and dyt.alpha.item() == 0.5
-    assert torch.equal(dyt.weight, torch.ones(16)) and torch.equal(dyt.bias, torch.zeros(16))
-    isru = numeric.DyISRU(16)
+    assert (torch.equal(dyt.weight, torch.ones(16, device=device))
+            and torch.equal(dyt.bias, torch.zeros(16, device=device)))
+    isru = numeric.DyISRU(16, device=device)
     assert isru.beta.shape == () and isru.beta.item() == pytest.approx(16)
-    assert torch.allclose(isru.weight, torch.full((16,), 4.0))
-    ln = numeric.DyISRULN(16)
+    assert torch.allclose(isru.weight, torch.full((16,), 4.0, device=device))
+    ln = numeric.DyISRULN(16, device=device)
     assert ln.beta.item() == pytest.approx(16) and ln.weight[0].item() == pytest.approx(math.sqrt(15))
-    assert numeric.DyT(8, bias=False).bias is None
+    assert numeric.DyT(8, bias=False, device=device).bias is None
 
 
-def test_dyisru_default_is_rmsnorm_on_unit_rms_tokens():
+@pytest.mark.parametrize("device", S.DEVICES)
+def test_dyisru_default_is_rmsnorm_on_unit_rms_tokens(device):
     """On a unit-RMS token, RMSNorm's channel i is DyISRU with beta_i = C - x_i^2; the
     default beta = C differs from it by the factor sqrt(1 + x_i^2/C) >= 1 - x_i^2/(2C)."""
     C = 64
-    x = torch.randn(C, dtype=torch.float64)
+    x = torch.randn(C, dtype=torch.float64, device=device)
     x = x / x.pow(2).mean().sqrt()                      # RMS exactly 1
-    layer = numeric.DyISRU(C, dtype=torch.float64)
+    layer = numeric.DyISRU(C, dtype=torch.float64, device=device)
     rms = nn.functional.rms_norm(x, (C,), eps=0.0)
     assert ((layer(x) - rms).abs() <= rms.abs() * x**2 / (2 * C) + 1e-15).all()
 
@@ -49,19 +53,21 @@ def test_llama_width_rule():
         numeric.llama_alpha_init(4096, "mlp")
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("cls", LAYERS)
-def test_from_sample_gives_finite_positive_scalars(cls):
-    sample = 3 * torch.randn(64, 32) + 0.5
-    layer = cls.from_sample(sample)
+def test_from_sample_gives_finite_positive_scalars(cls, device):
+    sample = 3 * torch.randn(64, 32, device=device) + 0.5
+    layer = cls.from_sample(sample, device=device)
     scalar = layer.alpha if hasattr(layer, "alpha") else layer.beta
     assert torch.isfinite(scalar) and scalar > 0
     assert torch.isfinite(layer(sample)).all()
 
 
-def test_from_sample_dyisru_matches_rmsnorm_on_that_sample():
+@pytest.mark.parametrize("device", S.DEVICES)
+def test_from_sample_dyisru_matches_rmsnorm_on_that_sample(device):
     torch.manual_seed(0)
-    sample = 5 * torch.randn(2000, 256, dtype=torch.float64)
-    layer = numeric.DyISRU.from_sample(sample, dtype=torch.float64)
+    sample = 5 * torch.randn(2000, 256, dtype=torch.float64, device=device)
+    layer = numeric.DyISRU.from_sample(sample, dtype=torch.float64, device=device)
     rms = nn.functional.rms_norm(sample, (256,))
     assert ((layer(sample) - rms).abs().mean() / rms.abs().mean()) < 0.05
 
@@ -105,19 +111,20 @@ def test_wrong_input_width_is_a_clear_error(cls):
         cls(8)(torch.randn(2, 7))
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @given(st.floats(-1e6, 1e6), st.floats(1e-3, 1e6))
-def test_beta_stays_positive_and_finite_under_any_update(step, lr):
-    layer = numeric.DyISRU(8)
+def test_beta_stays_positive_and_finite_under_any_update(device, step, lr):
+    layer = numeric.DyISRU(8, device=device)
     opt = torch.optim.SGD(layer.parameters(), lr=lr)
-    layer.log_beta.grad = torch.tensor(step)
-    layer.weight.grad = torch.zeros(8)
-    layer.bias.grad = torch.zeros(8)
+    layer.log_beta.grad = torch.tensor(step, device=device)
+    layer.weight.grad = torch.zeros(8, device=device)
+    layer.bias.grad = torch.zeros(8, device=device)
     opt.step()
     assert torch.isfinite(layer.beta) and layer.beta > 0
-    assert torch.isfinite(layer(torch.randn(3, 8))).all()
+    assert torch.isfinite(layer(torch.randn(3, 8, device=device))).all()
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("cls", LAYERS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_input_stays_low_precision_with_float32_parameters(cls, dtype, device):
@@ -129,34 +136,38 @@ def test_low_precision_input_stays_low_precision_with_float32_parameters(cls, dt
     assert x.grad.dtype == dtype and layer.weight.grad.dtype == torch.float32
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("cls", LAYERS)
-def test_bfloat16_parameters_keep_bfloat16(cls):
-    layer = cls(8, dtype=torch.bfloat16)
-    assert layer(torch.randn(2, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
+def test_bfloat16_parameters_keep_bfloat16(cls, device):
+    layer = cls(8, dtype=torch.bfloat16, device=device)
+    assert layer(torch.randn(2, 8, dtype=torch.bfloat16, device=device)).dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("name,args", [
     ("dyt", (0.7,)), ("dyisru", (2.5,)), ("dyt_ln", (0.7, 0.3)), ("dyisru_ln", (2.5, -0.4))])
-def test_gradcheck_float64(name, args):
+def test_gradcheck_float64(name, args, device):
     torch.manual_seed(1)
-    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
-    scalars = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in args]
-    w = torch.randn(5, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    f64 = dict(dtype=torch.float64, device=device, requires_grad=True)
+    x = torch.randn(3, 5, **f64)
+    scalars = [torch.tensor(a, **f64) for a in args]
+    w = torch.randn(5, **f64)
+    b = torch.randn(5, **f64)
     fn = getattr(F, name)
     assert torch.autograd.gradcheck(lambda x, w, b, *s: fn(x, *s, w, b), (x, w, b, *scalars))
 
 
 # -- identities with torch's own norms ------------------------------------------------------
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("seed", range(3))
-def test_dyisru_with_per_token_beta_is_torch_rmsnorm(dtype, seed):
+def test_dyisru_with_per_token_beta_is_torch_rmsnorm(dtype, seed, device):
     g = torch.Generator().manual_seed(seed)
     C, eps = 48, 1e-5
-    x = (torch.randn(5, C, generator=g, dtype=torch.float64) * 3).to(dtype)
+    x = (torch.randn(5, C, generator=g, dtype=torch.float64) * 3).to(device, dtype)
     ref = nn.functional.rms_norm(x, (C,), eps=eps)
-    w = torch.full((C,), math.sqrt(C), dtype=dtype)
+    w = torch.full((C,), math.sqrt(C), dtype=dtype, device=device)
     for t in range(x.shape[0]):
         for i in range(C):
             beta = (x[t].double().pow(2).sum() - x[t, i].double() ** 2 + C * eps).to(dtype)
@@ -164,13 +175,14 @@ def test_dyisru_with_per_token_beta_is_torch_rmsnorm(dtype, seed):
             assert_close(got, ref[t, i:i + 1].double(), what=f"token {t} channel {i}")
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_dyisru_ln_with_per_token_beta_and_shift_is_torch_layernorm(dtype):
+def test_dyisru_ln_with_per_token_beta_and_shift_is_torch_layernorm(dtype, device):
     g = torch.Generator().manual_seed(4)
     C, eps = 32, 1e-5
-    x = (torch.randn(4, C, generator=g, dtype=torch.float64) * 2 + 1).to(dtype)
+    x = (torch.randn(4, C, generator=g, dtype=torch.float64) * 2 + 1).to(device, dtype)
     ref = nn.functional.layer_norm(x, (C,), eps=eps)
-    w = torch.full((1,), math.sqrt(C - 1), dtype=dtype)
+    w = torch.full((1,), math.sqrt(C - 1), dtype=dtype, device=device)
     for t in range(x.shape[0]):
         xt = x[t].double()
         for i in range(C):
@@ -184,15 +196,16 @@ def test_dyisru_ln_with_per_token_beta_and_shift_is_torch_layernorm(dtype):
 
 # -- shape facts on the layers themselves -------------------------------------------------------
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("name", ["dyt", "dyisru"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
-def test_bounded_odd_monotone(name, dtype):
+def test_bounded_odd_monotone(name, dtype, device):
     fi = torch.finfo(dtype)
     x = torch.cat([torch.linspace(-50, 50, 2001, dtype=torch.float64),
-                   torch.tensor([fi.max, -fi.max, 1e3, -1e3], dtype=torch.float64)]).to(dtype)
-    x = x.sort().values.unsqueeze(-1)                            # (N, C = 1)
-    s = torch.tensor(0.5 if name == "dyt" else 4.0, dtype=dtype)
-    w = torch.ones(1, dtype=dtype)
+                   torch.tensor([fi.max, -fi.max, 1e3, -1e3], dtype=torch.float64)])
+    x = x.to(device, dtype).sort().values.unsqueeze(-1)          # (N, C = 1)
+    s = torch.tensor(0.5 if name == "dyt" else 4.0, dtype=dtype, device=device)
+    w = torch.ones(1, dtype=dtype, device=device)
     fn = getattr(F, name)
     y = fn(x, s, w)
     assert (y.abs() <= 1).all()                                  # bounded by the weight
@@ -200,15 +213,17 @@ def test_bounded_odd_monotone(name, dtype):
     assert (y[1:] >= y[:-1]).all()                               # non-decreasing
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("name,scalar,slope", [("dyt", 0.5, 0.5), ("dyisru", 4.0, 0.5)])
-def test_slope_at_zero(name, scalar, slope):
-    x = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    w = torch.full((1,), 3.0, dtype=torch.float64)
-    getattr(F, name)(x, torch.tensor(scalar, dtype=torch.float64), w).sum().backward()
+def test_slope_at_zero(name, scalar, slope, device):
+    f64 = dict(dtype=torch.float64, device=device)
+    x = torch.zeros(1, **f64, requires_grad=True)
+    w = torch.full((1,), 3.0, **f64)
+    getattr(F, name)(x, torch.tensor(scalar, **f64), w).sum().backward()
     assert x.grad.item() == pytest.approx(3.0 * slope, rel=1e-15)
 
 
-# -- converter, compile, DDP --------------------------------------------------------------------
+# -- converter, DDP ------------------------------------------------------------------------
 
 class Tiny(nn.Module):
     def __init__(self, dtype=None):
@@ -221,10 +236,11 @@ class Tiny(nn.Module):
         return self.block(self.ln(self.fc(x)))
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("to,cls", [("dyt", numeric.DyT), ("dyisru", numeric.DyISRU),
                                     ("dyt_ln", numeric.DyTLN), ("dyisru_ln", numeric.DyISRULN)])
-def test_convert_replaces_and_reports(to, cls):
-    model = Tiny(dtype=torch.float64)
+def test_convert_replaces_and_reports(to, cls, device):
+    model = Tiny(dtype=torch.float64).to(device)
     with torch.no_grad():
         model.ln.weight.fill_(2.0)
         model.ln.bias.fill_(0.5)
@@ -232,10 +248,10 @@ def test_convert_replaces_and_reports(to, cls):
     assert [r.name for r in report] == ["ln", "block.1"]
     assert isinstance(model.ln, cls) and isinstance(model.block[1], cls)
     assert model.ln.weight.dtype == torch.float64
-    assert torch.allclose(model.ln.bias, torch.full((8,), 0.5, dtype=torch.float64))
-    assert torch.allclose(model.ln.weight, 2.0 * cls(8).weight.double())
+    assert torch.allclose(model.ln.bias, torch.full((8,), 0.5, dtype=torch.float64, device=device))
+    assert torch.allclose(model.ln.weight, 2.0 * cls(8, device=device).weight.double())
     assert "ln: LayerNorm" in str(report)
-    assert model(torch.randn(2, 8, dtype=torch.float64)).shape == (2, 8)
+    assert model(torch.randn(2, 8, dtype=torch.float64, device=device)).shape == (2, 8)
 
 
 def test_convert_rejects_unknown_target():
@@ -243,35 +259,25 @@ def test_convert_rejects_unknown_target():
         numeric.convert(Tiny(), "batchnorm")
 
 
-def test_torch_compile_matches_eager():
-    torch.manual_seed(0)
-    model = Tiny()
-    numeric.convert(model, "dyisru")
-    x = torch.randn(4, 8, requires_grad=True)
-    eager = model(x)
-    eager.sum().backward()
-    g_eager = x.grad.clone()
-    x.grad = None
-    compiled = torch.compile(model, fullgraph=True)           # inductor, as users run it
-    out = compiled(x)
-    out.sum().backward()
-    assert torch.allclose(out, eager, atol=1e-6) and torch.allclose(x.grad, g_eager, atol=1e-6)
+#: torch.distributed's backend for each device's tensors.
+PROCESS_GROUP = {"cpu": "gloo", "cuda": "nccl"}
 
 
-def test_ddp_wraps_and_trains(tmp_path):
+@pytest.mark.parametrize("device", S.DEVICES)
+def test_ddp_wraps_and_trains(tmp_path, device):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
-                            world_size=1)
+    dist.init_process_group(PROCESS_GROUP[device], init_method=f"file://{tmp_path / 'store'}",
+                            rank=0, world_size=1)
     try:
-        model = Tiny()
+        model = Tiny().to(device)
         numeric.convert(model, "dyt")
         ddp = DDP(model)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
         for _ in range(2):
             opt.zero_grad()
-            ddp(torch.randn(4, 8)).pow(2).mean().backward()
+            ddp(torch.randn(4, 8, device=device)).pow(2).mean().backward()
             opt.step()
         assert all(p.grad is not None for p in model.parameters())
     finally:

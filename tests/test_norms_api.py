@@ -1,5 +1,5 @@
 """numeric.RMSNorm and numeric.LayerNorm as people use them: torch's defaults, errors that
-name the argument, reset_parameters."""
+name the argument, reset_parameters; values on each of tests/strategies.py's DEVICES."""
 from __future__ import annotations
 
 import pytest
@@ -8,6 +8,7 @@ from torch import nn
 
 from derive.testing import assert_close
 import numeric
+from tests import strategies as S
 
 NORMS = [numeric.RMSNorm, numeric.LayerNorm]
 
@@ -47,31 +48,34 @@ def test_layernorm_eps_none_is_a_type_error():
         numeric.LayerNorm(8, eps=None)
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("dtype,scale", [(torch.float32, 3e-4), (torch.bfloat16, 3e-4),
                                          (torch.float64, 1e-8)],
                          ids=["float32", "bfloat16", "float64"])
-def test_rmsnorm_eps_defaults_to_torchs(dtype, scale):
+def test_rmsnorm_eps_defaults_to_torchs(dtype, scale, device):
     """eps=None is torch's default: its RMSNorm takes the compute dtype's machine epsilon.
     The inputs are small enough (mean square ~ eps) for eps to matter."""
     torch.manual_seed(0)
-    x = (torch.randn(4, 16, dtype=torch.float64) * scale).to(dtype)
-    ours, theirs = numeric.RMSNorm(16, dtype=dtype), nn.RMSNorm(16, dtype=dtype)
+    x = (torch.randn(4, 16, dtype=torch.float64) * scale).to(device, dtype)
+    kw = dict(dtype=dtype, device=device)
+    ours, theirs = numeric.RMSNorm(16, **kw), nn.RMSNorm(16, **kw)
     assert ours.eps is None and theirs.eps is None
     assert_close(ours(x), theirs(x).double(), what="RMSNorm with eps=None")
     # the check can fail: another eps in this regime is far off
-    assert not torch.allclose(nn.RMSNorm(16, eps=1e-6, dtype=dtype)(x).double(),
+    assert not torch.allclose(nn.RMSNorm(16, eps=1e-6, **kw)(x).double(),
                               theirs(x).double(), rtol=1e-2)
-    assert_close(numeric.RMSNorm(16, eps=None, dtype=dtype)(x), theirs(x).double(),
+    assert_close(numeric.RMSNorm(16, eps=None, **kw)(x), theirs(x).double(),
                  what="RMSNorm with explicit eps=None")
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("cls,ref", [(numeric.RMSNorm, nn.RMSNorm),
                                      (numeric.LayerNorm, nn.LayerNorm)])
-def test_meta_init_then_to_empty_then_reset(cls, ref):
+def test_meta_init_then_to_empty_then_reset(cls, ref, device):
     """The usual deferred init: build on meta, allocate, reset; weights are torch's init."""
     ours, theirs = cls(8, device="meta"), ref(8, device="meta")
-    ours.to_empty(device="cpu")
-    theirs.to_empty(device="cpu")
+    ours.to_empty(device=device)
+    theirs.to_empty(device=device)
     for m in (ours, theirs):
         with torch.no_grad():
             for p in m.parameters():
@@ -80,5 +84,5 @@ def test_meta_init_then_to_empty_then_reset(cls, ref):
     assert ours.state_dict().keys() == theirs.state_dict().keys()
     for k, v in theirs.state_dict().items():
         assert torch.equal(ours.state_dict()[k], v), k
-    x = torch.randn(3, 8)
+    x = torch.randn(3, 8, device=device)
     assert torch.allclose(ours(x), theirs(x), atol=1e-6)

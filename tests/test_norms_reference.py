@@ -13,8 +13,8 @@ from torch import nn
 from derive.testing import assert_close
 import numeric
 from numeric import functional as F
+from tests import strategies as S
 
-DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
 
@@ -29,7 +29,7 @@ def _ours(name, x, w, b, eps):
     return F.rms_norm(x, w, eps) if name == "rmsnorm" else F.layer_norm(x, w, b, eps)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
 @pytest.mark.parametrize("name", ["rmsnorm", "layernorm"])
 def test_matches_torch_forward_and_backward(name, dtype, device):
@@ -65,16 +65,19 @@ def test_matches_torch_forward_and_backward(name, dtype, device):
     check()
 
 
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("cls,ref", [(numeric.RMSNorm, nn.RMSNorm), (numeric.LayerNorm, nn.LayerNorm)])
-def test_modules_match_torch_modules(cls, ref):
+def test_modules_match_torch_modules(cls, ref, device):
     torch.manual_seed(3)
-    ours, theirs = cls(16, eps=1e-5, dtype=torch.float64), ref(16, eps=1e-5, dtype=torch.float64)
-    x = torch.randn(5, 16, dtype=torch.float64)
+    f64 = dict(dtype=torch.float64, device=device)
+    ours, theirs = cls(16, eps=1e-5, **f64), ref(16, eps=1e-5, **f64)
+    x = torch.randn(5, 16, **f64)
     assert torch.allclose(ours(x), theirs(x), rtol=1e-13, atol=1e-14)
 
 
-def test_gradcheck_norms():
-    x = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("device", S.DEVICES)
+def test_gradcheck_norms(device):
+    x = torch.randn(3, 7, dtype=torch.float64, device=device, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: F.rms_norm(t, None, 1e-3), (x,))
     assert torch.autograd.gradcheck(lambda t: F.layer_norm(t, None, None, 1e-3), (x,))
     assert math.isfinite(F.rms_norm(x, None, 0.0).sum().item())

@@ -2,7 +2,8 @@
 
 Without CUDA the kernels run on CPU tensors through Triton's interpreter: conftest.py sets
 TRITON_INTERPRET=1 before anything imports triton. With CUDA they run compiled on the GPU
-(the ``gpu`` parameters), and the CPU parameters check the ops' PyTorch path.
+(the ``gpu`` parameters), and the CPU parameters skip (no interpreter there): a test of the
+kernels never passes by running another backend.
 
 Outputs and gradients are checked with the shared property-test machinery
 (tests/strategies.py, tests/checks.py: the mpmath references, the one tolerance table),
@@ -10,7 +11,6 @@ with numeric.functional on the Triton backend.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -34,7 +34,6 @@ FORMS = S.FORMS
 #: The kernels compute in float32: float64 always takes the PyTorch path (tested apart).
 DTYPE_PAIRS = [p for p in S.DTYPE_PAIRS if p[0] != torch.float64]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-DEVICES = S.DEVICES
 IDS = lambda d: str(d).replace("torch.", "")  # noqa: E731
 #: At most the ci profile's count of examples (the interpreter makes a larger one slow).
 FEW = settings(max_examples=min(settings().max_examples, 40))
@@ -45,17 +44,16 @@ pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarn
 
 @pytest.fixture
 def kernels(device):
-    """The Triton backend where it can run this device's tensors (else op by op); True
-    for Triton."""
-    triton = (importlib.util.find_spec("triton") is not None
-              and (device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"))
-    with checks.backend("triton" if triton else "torch"):
-        yield triton
+    """The Triton backend for this device's tensors; where Triton cannot run them, the test
+    skips with the reason (never runs another backend instead)."""
+    checks.skip_unless_runs("triton", device)
+    with checks.backend("triton"):
+        yield
 
 
 # -- the formulas --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("dtype,pdtype", DTYPE_PAIRS, ids=IDS)
 @pytest.mark.parametrize("name", FORMS)
 def test_outputs_and_gradients_match_the_catalog(name, dtype, pdtype, device, kernels):
@@ -67,7 +65,7 @@ def test_outputs_and_gradients_match_the_catalog(name, dtype, pdtype, device, ke
     check()
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("name", FORMS)
 def test_special_values(name, dtype, device, kernels):
@@ -75,15 +73,18 @@ def test_special_values(name, dtype, device, kernels):
     checks.special_values(name, dtype, device)
 
 
-def _u(values, dtype=torch.float32):
-    return torch.tensor(values, dtype=dtype)
+def _u(values, device, dtype=torch.float32):
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", S.DEVICES)
 def test_tanh_exp_is_accurate_near_zero(device, kernels):
     """u = 1e-4: (1 - e)/(1 + e), e = exp(-2u), is ~270 ulp off in float32 (1 - e cancels);
-    the kernel's polynomial branch is within 1 ulp, and so is each side of |u| = 1/4."""
-    u = _u([1e-4, -3e-3, 0.2499, 0.25, 0.2501, 2.0, -20.0]).to(device)
+    the kernel's polynomial branch (|u| < 1/4: multiplications and additions only) is within
+    1 ulp. The exp branch is as accurate as the device's exp, which is not the same
+    everywhere (numpy's under the interpreter: 1.07 ulp at u = 2 on one CPU, within 1 on
+    another; the GPU's fast exp2): within 4 ulp, still far from the cancellation's 270."""
+    u = _u([1e-4, -3e-3, 0.2499, 0.25, 0.2501, 2.0, -20.0], device)
     literal = (1 - torch.exp(-2 * u[0])) / (1 + torch.exp(-2 * u[0]))
     with mpmath.workdps(50):
         want = torch.tensor([float(mpmath.tanh(mpmath.mpf(float(v)))) for v in u.cpu()],
@@ -91,26 +92,24 @@ def test_tanh_exp_is_accurate_near_zero(device, kernels):
     eps = torch.finfo(torch.float32).eps
     assert abs(literal.item() / want[0].item() - 1) > 100 * eps
     got = F.dyt(u, torch.tensor(1.0, device=device), torch.ones(7, device=device))
-    ulp = eps * want.abs()
-    assert ((got.cpu().double() - want).abs() <= ulp).all(), (got, want)
+    ulps = torch.where(u.cpu().abs() < 0.25, 1.0, 4.0).double()
+    assert ((got.cpu().double() - want).abs() <= ulps * eps * want.abs()).all(), (got, want)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", S.DEVICES)
 def test_hypot_minmax_keeps_huge_inputs(device, kernels):
     """x = 1e30 in float32: x^2 overflows; max/min hypot gives y = weight exactly."""
-    x = _u([1e30, -1e30, 3e38]).to(device).requires_grad_(True)
+    x = _u([1e30, -1e30, 3e38], device).requires_grad_(True)
     y = F.dyisru(x, torch.tensor(4.0, device=device), torch.ones(3, device=device))
     y.sum().backward()
     assert y.tolist() == [1.0, -1.0, 1.0] and torch.isfinite(x.grad).all()
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", S.DEVICES)
 def test_sech2_exp_past_cosh_overflow(device, kernels):
     """|u| = 46: cosh(u)^2 is inf in float32 (the literal 1/cosh^2 gives 0); the kernel's
     4e/(1 + e)^2 gives sech^2 (subnormal, 4.5e-40) where subnormals are kept."""
-    if not kernels:
-        pytest.skip("the ops' PyTorch path prints 1/cosh^2 (torch.cosh is there)")
-    x = _u([46.0]).to(device).requires_grad_(True)
+    x = _u([46.0], device).requires_grad_(True)
     assert (1 / torch.cosh(x.detach()) ** 2).item() == 0.0
     F.dyt(x, torch.tensor(1.0, device=device), torch.ones(1, device=device)).sum().backward()
     with mpmath.workdps(50):
@@ -131,7 +130,7 @@ def _all(name, x, scalars, w, b, g):
     return [y.detach(), *(t.grad for t in leaves)]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("name", FORMS)
 def test_bitwise_deterministic(name, device, kernels, monkeypatch):
     """Two runs, every output and gradient equal bit for bit; several row programs, each
@@ -153,7 +152,7 @@ def test_bitwise_deterministic(name, device, kernels, monkeypatch):
         assert torch.allclose(got.float(), want.float(), rtol=1e-2, atol=1e-2)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", S.DEVICES)
 def test_empty_and_batched_shapes(device, kernels):
     x = torch.zeros(0, 5, device=device, requires_grad=True)
     w = torch.ones(5, device=device, requires_grad=True)
@@ -202,7 +201,7 @@ def test_import_is_light():
 
 # -- torch.compile, opcheck ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", S.DEVICES)
 def test_compiles_fullgraph(device, kernels):
     """Forward and backward under torch.compile(fullgraph=True) (no graph break: the ops
     are opaque nodes with fake kernels), equal to eager."""
@@ -260,12 +259,10 @@ def test_triton_printer_refuses_libdevice_and_multiplies_powers():
     assert triton_code(sp.Piecewise((x, x < 0), (y, True))) == "tl.where((x < 0), x, y)"
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("name", FORMS)
 def test_opcheck(name, device, kernels):
     """torch.library.opcheck of the two ops: schema, fake tensors, AOT dispatch."""
-    if not kernels:
-        pytest.skip("the ops launch Triton kernels")
     g = torch.Generator().manual_seed(4)
     x = torch.randn(3, 4, generator=g).to(device)
     scalars = [torch.tensor(v, device=device) for v in (0.9, 0.2)[:len(R.params(name))]]

@@ -16,15 +16,34 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-# The derivation's disk cache (derive/cache.py) for this run only: the first process that
-# needs a result derives and checks it, later ones (the CLI's subprocesses) read it back.
-# Nothing from an earlier run or the user's own cache is read.
-os.environ["DYNORM_CACHE"] = tempfile.mkdtemp(prefix="dynorm-cache-")
+# The caches of one run, and nothing from an earlier run or the user's own: the derivation's
+# (derive/cache.py: the first process that needs a result derives and checks it, the others,
+# xdist's workers and the CLI's subprocesses, read it back) and inductor's (so that a run on a
+# machine with a warm compile cache takes as long, and compiles the same code, as on a fresh
+# one). pytest_configure makes the folder; xdist's workers are handed the controller's.
+def _use_caches(run: str) -> str:
+    os.environ["DYNORM_CACHE"] = os.path.join(run, "derive")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(run, "inductor")
+    return run
 
-# Without a GPU, tests/test_kernels.py runs the Triton kernels through Triton's interpreter.
-# Triton reads TRITON_INTERPRET when a @triton.jit function is defined, its own included
-# (triton.language's, imported with torch._dynamo by any test that compiles), so it is set
-# here, before any test module is imported. It changes nothing for CPU code otherwise.
+
+def pytest_configure(config):
+    given = getattr(config, "workerinput", {}).get("dynorm_run")
+    config.dynorm_run = _use_caches(given or tempfile.mkdtemp(prefix="dynorm-test-"))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """xdist's controller: each worker shares the run's caches."""
+    node.workerinput["dynorm_run"] = node.config.dynorm_run
+
+
+# Without a GPU, the tests of the Triton backend (tests/test_kernels.py, the "triton" cases
+# elsewhere) run the kernels on CPU tensors through Triton's interpreter. Triton reads
+# TRITON_INTERPRET when a @triton.jit function is defined, its own included (triton.language's,
+# imported with torch._dynamo by any test that compiles), so it is set here, before any test
+# module is imported. It changes nothing for CPU code otherwise. With a GPU it stays unset:
+# the Triton cases run on CUDA tensors and their CPU cases skip (tests/checks.py, cannot_run).
 try:
     import torch
     if not torch.cuda.is_available():

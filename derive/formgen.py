@@ -17,7 +17,7 @@ import string
 
 import sympy as sp
 
-from .codegen import emit, torch_functions
+from .codegen import emit, hypot_prelude, torch_functions, uses_hypot
 from .layers import Form, Function
 from .formula import FormulaError, identifier, parse
 from .printers import UnsupportedNode
@@ -111,6 +111,7 @@ def module(name: str, formula, inits: dict[str, float] | None = None,
     f = form(name, formula)
     values = _inits(f, inits or {})
     functions = torch_functions(f)
+    code = "\n\n".join(_emit(name, fn) for fn in functions)
     scalars = tuple(s.name for s in f.scalars)
     kw = "".join(f", {s}" for s in scalars)
     formula_text = sp.sstr(f.formula)
@@ -126,7 +127,7 @@ def module(name: str, formula, inits: dict[str, float] | None = None,
         "all": ",\n           ".join(f'"{n}"' for n in (
             name, camel(name), f"{camel(name)}Function", f"{camel(name)}Backward", "SCALARS",
             "INITS", *(fn.name for fn in functions))),
-        "functions": "\n\n".join(_emit(name, fn) for fn in functions),
+        "functions": "\n\n".join([*((hypot_prelude(),) if uses_hypot(code) else ()), code]),
     }
     return string.Template(SHELL).substitute(fields)
 

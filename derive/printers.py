@@ -169,7 +169,7 @@ class TorchPrinter(ElementwisePrinter):
     NAME = "TorchPrinter"
     FUNCTIONS = {sp.tanh: "torch.tanh", sp.erf: "torch.erf", sp.cosh: "torch.cosh",
                  sp.exp: "torch.exp", sp.Abs: "torch.abs", sp.sign: "torch.sign",
-                 Hypot: "torch.hypot", expm1: "torch.expm1", Sigmoid: "torch.sigmoid",
+                 Hypot: "hypot", expm1: "torch.expm1", Sigmoid: "torch.sigmoid",
                  CopySign: "torch.copysign"}
     SQRT, RSQRT, WHERE = "torch.sqrt", "torch.rsqrt", "torch.where"
     #: Max/Min -> torch's elementwise (NaN-propagating) maximum/minimum.

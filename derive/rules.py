@@ -536,10 +536,9 @@ FUSED_RULES = ("tanh_exp", "sech2_exp", "hypot_scaled", "erf_taylor")
 #: (derive/codegen.py, WIDE): nothing of float32's range overflows there, so hypot is
 #: sqrt(a^2 + b^2) (one rsqrt in q and p), the rest as FUSED_RULES.
 FUSED_WIDE_RULES = ("tanh_exp", "sech2_exp", "hypot_wide", "erf_taylor")
-#: The PyTorch code's rules, on top of the safety rules, in the order applied: the speed
-#: rules, and hypot by max and min (torch.hypot is the device's own: on CUDA in float64 it
-#: gave inf next to the largest double, and DyISRU's output 0 for x = -1.8e308).
-TORCH_RULES = ("tanh_expm1", "sech2_sigmoid", "hypot_minmax")
+#: The speed rules of the PyTorch code, on top of the safety rules, in the order applied.
+#: (Its hypot is printed as the generated module's own ``hypot``: derive/codegen.py, HYPOT.)
+TORCH_RULES = ("tanh_expm1", "sech2_sigmoid")
 
 RULES: dict[str, Rule] = {
     "sech2": Rule("sech2", "1 - tanh(u)^2 cancels to 0 in float32 for |u| > 9",

@@ -21,8 +21,11 @@ def test_banner_and_spellings():
         assert "pow(" not in text and "torch.pow" not in text
     assert "torch.rsqrt" in torch_code(1 / sp.sqrt(sp.Symbol("v")))  # 1/sqrt prints as rsqrt
     assert "torch.hypot" in norms and "u = x / a" in norms   # the norms scale before squaring
-    # the overflow-safe ISRU, its hypot by max and min (not the device's torch.hypot)
-    assert "torch.hypot" not in layers and "hmax*torch.sqrt((hratio * hratio) + 1)" in layers
+    # the overflow-safe ISRU; its hypot the device's torch.hypot only on a CPU
+    assert "h = hypot(torch.sqrt(beta), x)" in layers
+    for text in (layers, norms):
+        assert 'if a.device.type == "cpu" and b.device.type == "cpu":' in text
+        assert "hmax*torch.sqrt((hratio * hratio) + 1)" in text
     assert "1 - torch.tanh" not in layers            # sech^2, not 1 - tanh^2
     # the speed rules: no torch.tanh or torch.cosh, their expm1 and sigmoid templates instead
     assert "torch.tanh" not in layers and "torch.cosh" not in layers

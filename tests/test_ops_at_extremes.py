@@ -1,12 +1,12 @@
-"""Each torch op the generated op-by-op code calls, at its compute dtypes' extremes, on every
-device present, against mpmath.
+"""Each torch op the generated op-by-op code calls, and the generated modules' own hypot,
+at its compute dtypes' extremes, on every device present, against mpmath.
 
 The op-by-op code (numeric/generated/layers.py and norms.py) computes in float32 or float64
 with torch's own ops, so it is exact over the whole range only where each op is on that
 device. torch.hypot in float64 on CUDA gave DyISRU's output 0 for x = -1.8e308 (hypot next to
-the largest double); the code now prints hypot by max and min (the rule hypot_minmax), and
-this test checks every op that remains, on every device, so a device's op that is wrong at
-the extremes fails here rather than in a model.
+the largest double); the generated code's ``hypot`` runs torch.hypot on a CPU only and
+``hypot_minmax`` elsewhere. This test checks every op, and both, on every device, so a
+device's op that is wrong at the extremes fails here rather than in a model.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from derive.testing import assert_close
+from numeric.generated import layers as G
 from tests import strategies as S
 
 GENERATED = Path(__file__).resolve().parent.parent / "numeric" / "generated"
@@ -37,6 +38,8 @@ REFERENCE = {
     "hypot": (2, mpmath.hypot),
     "addcmul": (3, lambda a, b, c: a + b * c),
 }
+#: The generated modules' own functions, checked the same way (name -> the torch op's row).
+GENERATED_OPS = {"hypot": G.hypot, "hypot_minmax": G.hypot_minmax}
 #: op -> the size of the terms it adds, where it adds (the result of a cancelling sum is
 #: judged by the precision of its terms, as everywhere in derive.testing); else the result.
 SCALE = {"addcmul": lambda a, b, c: abs(a) + abs(b * c)}
@@ -72,14 +75,18 @@ def _extremes(dtype) -> list[float]:
     return pos + [-v for v in pos[1:]]
 
 
+CALLS = {**{op: getattr(torch, op) for op in REFERENCE},
+         **{f"generated {name}": fn for name, fn in GENERATED_OPS.items()}}
+
+
 @pytest.mark.parametrize("device", S.DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=S.ids)
-@pytest.mark.parametrize("op", sorted(REFERENCE))
+@pytest.mark.parametrize("op", sorted(CALLS))
 def test_op_at_the_extremes(op, dtype, device):
-    arity, ref = REFERENCE[op]
+    arity, ref = REFERENCE[op.split()[-1].replace("hypot_minmax", "hypot")]
     points = list(itertools.product(_extremes(dtype), repeat=arity))
     args = [torch.tensor(col, dtype=dtype, device=device) for col in zip(*points)]
-    got = getattr(torch, op)(*args)
+    got = CALLS[op](*args)
     scale = SCALE.get(op, lambda *p: abs(ref(*p)))
     with mpmath.workdps(60):
         exact = [[mpmath.mpf(v) for v in p] for p in points]
@@ -88,4 +95,4 @@ def test_op_at_the_extremes(op, dtype, device):
     assert_close(got, torch.tensor(want, dtype=torch.float64), dtype=dtype,
                  scale=torch.tensor(size, dtype=torch.float64),
                  inputs={f"arg{i}": a for i, a in enumerate(args)},
-                 what=f"torch.{op} ({dtype}, {device})")
+                 what=f"{op} ({dtype}, {device})")

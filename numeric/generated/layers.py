@@ -14,6 +14,24 @@ import torch
 __all__ = ["dyt_forward", "dyt_forward_nobias", "dyt_backward", "dyt_jvp", "dyt_hvp", "dyt_fused_forward", "dyt_fused_backward", "dyisru_forward", "dyisru_forward_nobias", "dyisru_backward", "dyisru_jvp", "dyisru_hvp", "dyisru_fused_forward", "dyisru_fused_backward", "dyt_ln_forward", "dyt_ln_forward_nobias", "dyt_ln_backward", "dyt_ln_jvp", "dyt_ln_hvp", "dyt_ln_fused_forward", "dyt_ln_fused_backward", "dyisru_ln_forward", "dyisru_ln_forward_nobias", "dyisru_ln_backward", "dyisru_ln_jvp", "dyisru_ln_hvp", "dyisru_ln_fused_forward", "dyisru_ln_fused_backward", "derf_forward", "derf_forward_nobias", "derf_backward", "derf_jvp", "derf_hvp", "derf_fused_forward", "derf_fused_backward"]
 
 
+def hypot(a, b):
+    """hypot(a, b) = sqrt(a^2 + b^2) without overflow: torch.hypot on a CPU (exact there
+    to the largest finite value), hypot_minmax elsewhere (a device's own hypot may round up
+    to inf next to the largest finite value, as CUDA's float64 did)."""
+    if a.device.type == "cpu" and b.device.type == "cpu":
+        return torch.hypot(a, b)
+    return hypot_minmax(a, b)
+
+
+def hypot_minmax(a, b):
+    """hypot(a, b) = m sqrt(1 + (n/m)^2), m and n the larger and the smaller magnitude
+    (the rule hypot_minmax, derive/rules.py): nothing is squared but n/m in [0, 1]."""
+    hmax = torch.maximum(torch.abs(a), torch.abs(b))
+    hmin = torch.minimum(torch.abs(a), torch.abs(b))
+    hratio = hmin/hmax
+    return torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
+
+
 def dyt_forward(x, alpha, weight, bias):
     """dyt: y = bias + weight*tanh(alpha*x)
 
@@ -151,14 +169,9 @@ def dyisru_forward(x, beta, weight, bias):
 
     From the catalog's dyisru = sqrt(C)*x/sqrt(beta + x**2): the bound promoted to weight, plus bias.
 
-    Operations after CSE: 15.
+    Operations after CSE: 6.
     """
-    s0 = torch.abs(x)
-    s1 = torch.sqrt(beta)
-    hmax = torch.maximum(s0, s1)
-    hmin = torch.minimum(s0, s1)
-    hratio = hmin/hmax
-    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
+    h = hypot(torch.sqrt(beta), x)
     q = x/h
     y = torch.addcmul(bias, weight, q)
     return y
@@ -167,14 +180,9 @@ def dyisru_forward(x, beta, weight, bias):
 def dyisru_forward_nobias(x, beta, weight):
     """dyisru without bias: y = weight*x/sqrt(beta + x**2)
 
-    Operations after CSE: 14.
+    Operations after CSE: 5.
     """
-    s0 = torch.abs(x)
-    s1 = torch.sqrt(beta)
-    hmax = torch.maximum(s0, s1)
-    hmin = torch.minimum(s0, s1)
-    hratio = hmin/hmax
-    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
+    h = hypot(torch.sqrt(beta), x)
     q = x/h
     y = q*weight
     return y
@@ -187,17 +195,13 @@ def dyisru_backward(grad, x, beta, weight):
         grad_beta = grad * -weight*x/(2*(beta + x**2)**(3/2))
         grad_weight = grad * x/sqrt(beta + x**2)
 
-    Operations after CSE: 25.
+    Operations after CSE: 16.
     """
-    s0 = torch.abs(x)
-    s1 = torch.sqrt(beta)
-    hmax = torch.maximum(s0, s1)
-    hmin = torch.minimum(s0, s1)
-    hratio = hmin/hmax
-    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
-    s2 = (1 / h)
-    p = s1*s2
-    q = s2*x
+    s0 = torch.sqrt(beta)
+    h = hypot(s0, x)
+    s1 = (1 / h)
+    p = s0*s1
+    q = s1*x
     t0 = grad*q
     grad_x = p*(p*(grad*weight/h))
     grad_beta = -0.5*t0*weight/(h * h)
@@ -208,17 +212,13 @@ def dyisru_backward(grad, x, beta, weight):
 def dyisru_jvp(x, beta, weight, x_t, beta_t, weight_t):
     """dyisru: the forward-mode product of y = bias + weight*x/sqrt(beta + x**2), y_t = sum over a of a_t dy/da (the caller adds bias_t).
 
-    Operations after CSE: 27.
+    Operations after CSE: 18.
     """
-    s0 = torch.abs(x)
-    s1 = torch.sqrt(beta)
-    hmax = torch.maximum(s0, s1)
-    hmin = torch.minimum(s0, s1)
-    hratio = hmin/hmax
-    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
-    s2 = (1 / h)
-    p = s1*s2
-    q = s2*x
+    s0 = torch.sqrt(beta)
+    h = hypot(s0, x)
+    s1 = (1 / h)
+    p = s0*s1
+    q = s1*x
     y_t = -0.5*beta_t*q*weight/(h * h) + q*weight_t + p*(p*(weight*x_t/h))
     return y_t
 
@@ -232,17 +232,13 @@ def dyisru_hvp(grad, x, beta, weight, x_v, beta_v, weight_v):
         d2y/dbetadbeta = 3*weight*x/(4*(beta + x**2)**(5/2))
         d2y/dbetadweight = -x/(2*(beta + x**2)**(3/2))
 
-    Operations after CSE: 54.
+    Operations after CSE: 45.
     """
-    s0 = torch.abs(x)
-    s1 = torch.sqrt(beta)
-    hmax = torch.maximum(s0, s1)
-    hmin = torch.minimum(s0, s1)
-    hratio = hmin/hmax
-    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
-    s2 = (1 / h)
-    q = s2*x
-    p = s1*s2
+    s0 = torch.sqrt(beta)
+    h = hypot(s0, x)
+    s1 = (1 / h)
+    q = s1*x
+    p = s0*s1
     t0 = (1 / h)
     t1 = (p * p)
     t2 = 3*t1
@@ -470,15 +466,10 @@ def dyisru_ln_forward(x, beta, shift, weight, bias):
 
     From the catalog's dyisru_ln = sqrt(C - 1)*(-m + x)/sqrt(beta + (-m + x)**2): the bound promoted to weight, plus bias.
 
-    Operations after CSE: 15.
+    Operations after CSE: 6.
     """
     z = torch.nan_to_num(x - shift, nan=torch.nan)
-    s0 = torch.abs(z)
-    s1 = torch.sqrt(beta)
-    hmax = torch.maximum(s0, s1)
-    hmin = torch.minimum(s0, s1)
-    hratio = hmin/hmax
-    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
+    h = hypot(torch.sqrt(beta), z)
     q = z/h
     y = torch.addcmul(bias, weight, q)
     return y
@@ -487,15 +478,10 @@ def dyisru_ln_forward(x, beta, shift, weight, bias):
 def dyisru_ln_forward_nobias(x, beta, shift, weight):
     """dyisru_ln without bias: y = weight*z/sqrt(beta + z**2)
 
-    Operations after CSE: 14.
+    Operations after CSE: 5.
     """
     z = torch.nan_to_num(x - shift, nan=torch.nan)
-    s0 = torch.abs(z)
-    s1 = torch.sqrt(beta)
-    hmax = torch.maximum(s0, s1)
-    hmin = torch.minimum(s0, s1)
-    hratio = hmin/hmax
-    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
+    h = hypot(torch.sqrt(beta), z)
     q = z/h
     y = q*weight
     return y
@@ -509,18 +495,14 @@ def dyisru_ln_backward(grad, x, beta, shift, weight):
         grad_shift = grad * weight*z**2/(beta + z**2)**(3/2) - weight/sqrt(beta + z**2)
         grad_weight = grad * z/sqrt(beta + z**2)
 
-    Operations after CSE: 26.
+    Operations after CSE: 17.
     """
     z = torch.nan_to_num(x - shift, nan=torch.nan)
-    s0 = torch.abs(z)
-    s1 = torch.sqrt(beta)
-    hmax = torch.maximum(s0, s1)
-    hmin = torch.minimum(s0, s1)
-    hratio = hmin/hmax
-    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
-    s2 = (1 / h)
-    p = s1*s2
-    q = s2*z
+    s0 = torch.sqrt(beta)
+    h = hypot(s0, z)
+    s1 = (1 / h)
+    p = s0*s1
+    q = s1*z
     t0 = p*(p*(grad*weight/h))
     t1 = grad*q
     grad_x = t0
@@ -533,18 +515,14 @@ def dyisru_ln_backward(grad, x, beta, shift, weight):
 def dyisru_ln_jvp(x, beta, shift, weight, x_t, beta_t, shift_t, weight_t):
     """dyisru_ln: the forward-mode product of y = bias + weight*z/sqrt(beta + z**2), z = x - shift, y_t = sum over a of a_t dy/da (the caller adds bias_t).
 
-    Operations after CSE: 32.
+    Operations after CSE: 23.
     """
     z = torch.nan_to_num(x - shift, nan=torch.nan)
-    s0 = torch.abs(z)
-    s1 = torch.sqrt(beta)
-    hmax = torch.maximum(s0, s1)
-    hmin = torch.minimum(s0, s1)
-    hratio = hmin/hmax
-    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
-    s2 = (1 / h)
-    p = s1*s2
-    q = s2*z
+    s0 = torch.sqrt(beta)
+    h = hypot(s0, z)
+    s1 = (1 / h)
+    p = s0*s1
+    q = s1*z
     t0 = (1 / h)
     t1 = (p * p)
     y_t = -0.5*beta_t*q*weight/(h * h) + q*weight_t - t0*t1*shift_t*weight + t0*t1*weight*x_t
@@ -564,18 +542,14 @@ def dyisru_ln_hvp(grad, x, beta, shift, weight, x_v, beta_v, shift_v, weight_v):
         d2y/dshiftdshift = -3*weight*z*(-z**2/(beta + z**2) + 1)/(beta + z**2)**(3/2)
         d2y/dshiftdweight = (z**2/(beta + z**2) - 1)/sqrt(beta + z**2)
 
-    Operations after CSE: 68.
+    Operations after CSE: 59.
     """
     z = torch.nan_to_num(x - shift, nan=torch.nan)
-    s0 = torch.abs(z)
-    s1 = torch.sqrt(beta)
-    hmax = torch.maximum(s0, s1)
-    hmin = torch.minimum(s0, s1)
-    hratio = hmin/hmax
-    h = torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
-    s2 = (1 / h)
-    q = s2*z
-    p = s1*s2
+    s0 = torch.sqrt(beta)
+    h = hypot(s0, z)
+    s1 = (1 / h)
+    q = s1*z
+    p = s0*s1
     t0 = (1 / h)
     t1 = (p * p)
     t2 = (1 / (h * h))

@@ -8,6 +8,24 @@ import torch
 __all__ = ["rmsnorm_forward", "rmsnorm_backward", "layernorm_forward", "layernorm_backward"]
 
 
+def hypot(a, b):
+    """hypot(a, b) = sqrt(a^2 + b^2) without overflow: torch.hypot on a CPU (exact there
+    to the largest finite value), hypot_minmax elsewhere (a device's own hypot may round up
+    to inf next to the largest finite value, as CUDA's float64 did)."""
+    if a.device.type == "cpu" and b.device.type == "cpu":
+        return torch.hypot(a, b)
+    return hypot_minmax(a, b)
+
+
+def hypot_minmax(a, b):
+    """hypot(a, b) = m sqrt(1 + (n/m)^2), m and n the larger and the smaller magnitude
+    (the rule hypot_minmax, derive/rules.py): nothing is squared but n/m in [0, 1]."""
+    hmax = torch.maximum(torch.abs(a), torch.abs(b))
+    hmin = torch.minimum(torch.abs(a), torch.abs(b))
+    hratio = hmin/hmax
+    return torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
+
+
 def rmsnorm_forward(x, epsilon):
     """RMSNorm, channel i, all channels: y = x/sqrt(epsilon + ChannelSum(x**2)/C),
     computed as y = u/rho, rho = Hypot(sqrt(ChannelSum(u**2/C)), d) (u = x/a, d = sqrt(epsilon)/a).
@@ -19,7 +37,7 @@ def rmsnorm_forward(x, epsilon):
     a = torch.maximum(torch.amax(torch.abs(x), dim=-1, keepdim=True).detach(), r).clamp(min=torch.finfo(x.dtype).tiny)
     u = x / a
     d = r / a
-    rho = torch.hypot(torch.sqrt(torch.sum((u * u)/C, dim=-1, keepdim=True)), d)
+    rho = hypot(torch.sqrt(torch.sum((u * u)/C, dim=-1, keepdim=True)), d)
     y = u/rho
     return y
 
@@ -35,7 +53,7 @@ def rmsnorm_backward(grad, x, epsilon):
     a = torch.maximum(torch.amax(torch.abs(x), dim=-1, keepdim=True).detach(), r).clamp(min=torch.finfo(x.dtype).tiny)
     u = x / a
     d = r / a
-    rho = torch.hypot(torch.sqrt(torch.sum((u * u)/C, dim=-1, keepdim=True)), d)
+    rho = hypot(torch.sqrt(torch.sum((u * u)/C, dim=-1, keepdim=True)), d)
     sigma = a*rho
     t0 = (1 / sigma)
     t1 = u/rho
@@ -56,7 +74,7 @@ def layernorm_forward(x, epsilon):
     d = r / a
     s0 = (1 / C)
     c = -s0*torch.sum(u, dim=-1, keepdim=True) + u
-    rho = torch.hypot(torch.sqrt(torch.sum(c*(c*s0), dim=-1, keepdim=True)), d)
+    rho = hypot(torch.sqrt(torch.sum(c*(c*s0), dim=-1, keepdim=True)), d)
     y = c/rho
     return y
 
@@ -74,7 +92,7 @@ def layernorm_backward(grad, x, epsilon):
     d = r / a
     s0 = (1 / C)
     c = -s0*torch.sum(u, dim=-1, keepdim=True) + u
-    rho = torch.hypot(torch.sqrt(torch.sum(c*(c*s0), dim=-1, keepdim=True)), d)
+    rho = hypot(torch.sqrt(torch.sum(c*(c*s0), dim=-1, keepdim=True)), d)
     s = a*rho
     t0 = (1 / s)
     t1 = t0/C

@@ -14,6 +14,10 @@ settings.register_profile(
 settings.register_profile(
     "dev", max_examples=300, deadline=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors])
+# "floor" for the lowest supported torch (.ci/floor): the same tests with fewer draws.
+settings.register_profile(
+    "floor", derandomize=True, max_examples=10, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # The caches of one run, and nothing from an earlier run or the user's own: the derivation's
@@ -28,8 +32,12 @@ def _use_caches(run: str) -> str:
 
 
 def pytest_configure(config):
-    given = getattr(config, "workerinput", {}).get("dynorm_run")
-    config.dynorm_run = _use_caches(given or tempfile.mkdtemp(prefix="dynorm-test-"))
+    worker = getattr(config, "workerinput", {})
+    config.dynorm_run = _use_caches(worker.get("dynorm_run")
+                                    or tempfile.mkdtemp(prefix="dynorm-test-"))
+    if worker:   # xdist's workers share the cores: torch's threads in each, no more than its share
+        import torch
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(worker["workercount"])))
 
 
 @pytest.hookimpl(optionalhook=True)

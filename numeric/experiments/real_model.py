@@ -62,7 +62,9 @@ SIZES = {False: {"sentences": None, "calibrate": 200, "batch": 16, "fit_points":
 #: than it saves in one run (the replacement study: 8.1 s op by op, 12.7 s fused).
 BACKEND = "torch"
 #: Intra-op threads: this machine's two cores (1.7x faster than one for the model's
-#: matrices; every number in the summary came out the same with one).
+#: matrices; every number in the summary came out the same with one), never more than torch
+#: is set to use (one per process where the cores are shared, as in the test suite's workers:
+#: two threads each there made the quick run 4 to 7 times slower).
 THREADS = 2
 
 #: module path pieces -> short layer names ("emb", "L3 attn", "L3 ffn").
@@ -1103,7 +1105,7 @@ def run(out: Path, *, quick: bool = False, progress=print, steps: int | None = N
 
     previous = functional.set_backend(BACKEND)
     try:
-        with deterministic(THREADS):
+        with deterministic(min(THREADS, torch.get_num_threads())):
             return _run(Path(out), size, steps, progress)
     finally:
         functional.set_backend(previous)

@@ -12,10 +12,12 @@ from torch.nn import functional as F
 from derive.testing import assert_close
 import numeric
 from numeric.convert import TARGETS
+from tests import strategies as S
 
-DEVICES = [pytest.param("meta"), pytest.param("cuda", marks=pytest.mark.gpu)]
-#: where the tests that compare values run.
-VALUE_DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]
+#: where the placement tests run: the meta device (no values) and the devices of S.DEVICES
+#: but the CPU; the tests that compare values run on S.DEVICES.
+DEVICES = [pytest.param("meta"), *(p for p in S.DEVICES if p.values != ("cpu",))]
+VALUE_DEVICES = S.DEVICES
 
 
 # -- which modules are converted ------------------------------------------------------------

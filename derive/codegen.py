@@ -208,8 +208,8 @@ def layers_module() -> str:
            for f in (*torch_functions(form), *fused_functions(name))]
     return module(
         "The layer forms (DyT, DyISRU, their LayerNorm forms, Derf): every derivative.\n\n"
-        "Pure tensor functions. Per form, op by op (the speed rules: expm1 and sigmoid, not\n"
-        "tanh and cosh; inputs already in the compute dtype, float32 or float64): forward,\n"
+        "Pure tensor functions. Per form, op by op (torch.tanh, torch.cosh, the module's hypot;\n"
+        "inputs already in the compute dtype, float32 or float64): forward,\n"
         "forward_nobias, backward (first derivatives), jvp (the forward-mode product) and hvp\n"
         "(second derivatives along a direction); and fused_forward, fused_backward for\n"
         "torch.compile (the kernel rules, the dtype policy and the sums printed in).\n"

@@ -8,7 +8,7 @@ Max/Min and comparisons as elementwise calls, numbers as float64 literals. A tar
 its module's functions (``FUNCTIONS``, ``SQRT``, ``RSQRT``, ``WHERE``, ``MINMAX``) and adds
 what only it has:
 
-- ``TorchPrinter``: tanh, cosh, hypot, expm1, sigmoid, copysign, the channel sum, squares as
+- ``TorchPrinter``: tanh, cosh, hypot, the channel sum, squares as
   ``v * v`` or torch.square, ``bias + weight * f`` as one torch.addcmul.
 - ``TritonPrinter``: core ``tl`` math only (exp, abs, erf, sqrt, rsqrt, where, maximum,
   minimum): Triton's interpreter cannot run libdevice, so tanh, cosh and hypot must be
@@ -18,11 +18,10 @@ what only it has:
 from __future__ import annotations
 
 import sympy as sp
-from sympy.codegen.cfunctions import expm1
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.pycode import PythonCodePrinter
 
-from .rules import CopySign, Hypot, Sigmoid
+from .rules import Hypot
 from .symbols import bias, weight
 
 PREC_MUL = PRECEDENCE["Mul"]
@@ -169,8 +168,7 @@ class TorchPrinter(ElementwisePrinter):
     NAME = "TorchPrinter"
     FUNCTIONS = {sp.tanh: "torch.tanh", sp.erf: "torch.erf", sp.cosh: "torch.cosh",
                  sp.exp: "torch.exp", sp.Abs: "torch.abs", sp.sign: "torch.sign",
-                 Hypot: "hypot", expm1: "torch.expm1", Sigmoid: "torch.sigmoid",
-                 CopySign: "torch.copysign"}
+                 Hypot: "hypot"}
     SQRT, RSQRT, WHERE = "torch.sqrt", "torch.rsqrt", "torch.where"
     #: Max/Min -> torch's elementwise (NaN-propagating) maximum/minimum.
     MINMAX = {sp.Max: "torch.maximum", sp.Min: "torch.minimum"}
@@ -178,15 +176,7 @@ class TorchPrinter(ElementwisePrinter):
     _print_tanh = _print_cosh = _print_exp = _print_Abs = _print_erf = \
         ElementwisePrinter._print_Function
     _print_sign = ElementwisePrinter._print_Function  # PythonCodePrinter's is scalar code
-    _print_Hypot = _print_expm1 = _print_Sigmoid = ElementwisePrinter._print_Function
-
-    def _print_CopySign(self, expr):
-        """copysign(-m, s) = copysign(m, s): copysign takes only the magnitude of its first
-        argument, so a negation there is dropped (one op fewer)."""
-        m, s = expr.args
-        if m.could_extract_minus_sign():
-            m = -m
-        return f"torch.copysign({self._print(m)}, {self._print(s)})"
+    _print_Hypot = ElementwisePrinter._print_Function
 
     def _print_ChannelSum(self, expr):
         return f"torch.sum({self._print(expr.args[0])}, dim=-1, keepdim=True)"

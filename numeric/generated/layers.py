@@ -2,8 +2,8 @@
 # Regenerate after changing derive/; `python -m derive generate --check` verifies.
 """The layer forms (DyT, DyISRU, their LayerNorm forms, Derf): every derivative.
 
-Pure tensor functions. Per form, op by op (the speed rules: expm1 and sigmoid, not
-tanh and cosh; inputs already in the compute dtype, float32 or float64): forward,
+Pure tensor functions. Per form, op by op (torch.tanh, torch.cosh, the module's hypot;
+inputs already in the compute dtype, float32 or float64): forward,
 forward_nobias, backward (first derivatives), jvp (the forward-mode product) and hvp
 (second derivatives along a direction); and fused_forward, fused_backward for
 torch.compile (the kernel rules, the dtype policy and the sums printed in).
@@ -37,22 +37,18 @@ def dyt_forward(x, alpha, weight, bias):
 
     From the catalog's dyt = gamma*tanh(alpha*x): the bound promoted to weight, plus bias.
 
-    Operations after CSE: 11.
+    Operations after CSE: 4.
     """
-    u = x*alpha
-    d = torch.expm1(-2*torch.abs(u))
-    y = torch.addcmul(bias, weight, torch.copysign(d/(d + 2), u))
+    y = torch.addcmul(bias, weight, torch.tanh(x*alpha))
     return y
 
 
 def dyt_forward_nobias(x, alpha, weight):
     """dyt without bias: y = weight*tanh(alpha*x)
 
-    Operations after CSE: 10.
+    Operations after CSE: 3.
     """
-    u = x*alpha
-    d = torch.expm1(-2*torch.abs(u))
-    y = weight*torch.copysign(d/(d + 2), u)
+    y = weight*torch.tanh(x*alpha)
     return y
 
 
@@ -63,30 +59,24 @@ def dyt_backward(grad, x, alpha, weight):
         grad_alpha = grad * weight*x*(1 - tanh(alpha*x)**2)
         grad_weight = grad * tanh(alpha*x)
 
-    Operations after CSE: 18.
+    Operations after CSE: 9.
     """
-    u = x*alpha
-    s0 = -2*torch.abs(u)
-    sg = torch.sigmoid(s0)
-    d = torch.expm1(s0)
-    t0 = 4*grad*weight*sg*(1 - sg)
-    grad_x = t0*alpha
-    grad_alpha = t0*x
-    grad_weight = grad*torch.copysign(d/(d + 2), u)
+    t0 = x*alpha
+    t1 = grad*weight/(torch.square(torch.cosh(t0)))
+    grad_x = t1*alpha
+    grad_alpha = t1*x
+    grad_weight = grad*torch.tanh(t0)
     return grad_x, grad_alpha, grad_weight
 
 
 def dyt_jvp(x, alpha, weight, x_t, alpha_t, weight_t):
     """dyt: the forward-mode product of y = bias + weight*tanh(alpha*x), y_t = sum over a of a_t dy/da (the caller adds bias_t).
 
-    Operations after CSE: 21.
+    Operations after CSE: 12.
     """
-    u = x*alpha
-    s0 = -2*torch.abs(u)
-    d = torch.expm1(s0)
-    sg = torch.sigmoid(s0)
-    t0 = 4*weight*sg*(1 - sg)
-    y_t = t0*x_t*alpha + t0*alpha_t*x + weight_t*torch.copysign(d/(d + 2), u)
+    t0 = x*alpha
+    t1 = weight/(torch.square(torch.cosh(t0)))
+    y_t = t1*x_t*alpha + t1*alpha_t*x + weight_t*torch.tanh(t0)
     return y_t
 
 
@@ -99,23 +89,19 @@ def dyt_hvp(grad, x, alpha, weight, x_v, alpha_v, weight_v):
         d2y/dalphadalpha = 2*weight*x**2*(tanh(alpha*x)**2 - 1)*tanh(alpha*x)
         d2y/dalphadweight = -x*(tanh(alpha*x)**2 - 1)
 
-    Operations after CSE: 49.
+    Operations after CSE: 34.
     """
-    u = x*alpha
-    s0 = -2*torch.abs(u)
-    d = torch.expm1(s0)
-    sg = torch.sigmoid(s0)
-    t0 = 1 - sg
-    t1 = torch.copysign(d/(d + 2), u)
-    t2 = t0*grad*sg
-    t3 = 8*t1*t2*weight
-    t4 = 4*t2
-    t5 = t4*alpha_v
-    t6 = weight*(2*t1*x*alpha - 1)
-    t7 = t4*x_v
-    h_x = alpha*(alpha*(-t3*x_v)) + 4*t0*grad*weight_v*alpha*sg - t5*t6
-    h_alpha = x*(x*(-t3*alpha_v)) + 4*t0*grad*weight_v*x*sg - t6*t7
-    h_weight = t7*alpha + t5*x
+    t0 = x*alpha
+    t1 = (1 / (torch.square(torch.cosh(t0))))
+    t2 = t1*grad
+    t3 = t2*x_v
+    t4 = 2*torch.tanh(t0)
+    t5 = t4*weight
+    t6 = t2*alpha_v
+    t7 = weight*(t0*t4 - 1)
+    h_x = alpha*(alpha*(-t3*t5)) + t1*grad*weight_v*alpha - t6*t7
+    h_alpha = t1*grad*weight_v*x - t3*t7 + x*(x*(-t5*t6))
+    h_weight = t3*alpha + t6*x
     return h_x, h_alpha, h_weight
 
 
@@ -312,24 +298,20 @@ def dyt_ln_forward(x, alpha, shift, weight, bias):
 
     From the catalog's dyt_ln = gamma*tanh(alpha*(-mu + x)): the bound promoted to weight, plus bias.
 
-    Operations after CSE: 11.
+    Operations after CSE: 4.
     """
     z = torch.nan_to_num(x - shift, nan=torch.nan)
-    u = z*alpha
-    d = torch.expm1(-2*torch.abs(u))
-    y = torch.addcmul(bias, weight, torch.copysign(d/(d + 2), u))
+    y = torch.addcmul(bias, weight, torch.tanh(z*alpha))
     return y
 
 
 def dyt_ln_forward_nobias(x, alpha, shift, weight):
     """dyt_ln without bias: y = weight*tanh(alpha*z)
 
-    Operations after CSE: 10.
+    Operations after CSE: 3.
     """
     z = torch.nan_to_num(x - shift, nan=torch.nan)
-    u = z*alpha
-    d = torch.expm1(-2*torch.abs(u))
-    y = weight*torch.copysign(d/(d + 2), u)
+    y = weight*torch.tanh(z*alpha)
     return y
 
 
@@ -341,35 +323,29 @@ def dyt_ln_backward(grad, x, alpha, shift, weight):
         grad_shift = grad * -alpha*weight*(1 - tanh(alpha*z)**2)
         grad_weight = grad * tanh(alpha*z)
 
-    Operations after CSE: 19.
+    Operations after CSE: 10.
     """
     z = torch.nan_to_num(x - shift, nan=torch.nan)
-    u = z*alpha
-    s0 = -2*torch.abs(u)
-    sg = torch.sigmoid(s0)
-    d = torch.expm1(s0)
-    t0 = 4*grad*weight*sg*(1 - sg)
-    t1 = t0*alpha
-    grad_x = t1
-    grad_alpha = t0*z
-    grad_shift = -t1
-    grad_weight = grad*torch.copysign(d/(d + 2), u)
+    t0 = z*alpha
+    t1 = grad*weight/(torch.square(torch.cosh(t0)))
+    t2 = t1*alpha
+    grad_x = t2
+    grad_alpha = t1*z
+    grad_shift = -t2
+    grad_weight = grad*torch.tanh(t0)
     return grad_x, grad_alpha, grad_shift, grad_weight
 
 
 def dyt_ln_jvp(x, alpha, shift, weight, x_t, alpha_t, shift_t, weight_t):
     """dyt_ln: the forward-mode product of y = bias + weight*tanh(alpha*z), z = x - shift, y_t = sum over a of a_t dy/da (the caller adds bias_t).
 
-    Operations after CSE: 23.
+    Operations after CSE: 14.
     """
     z = torch.nan_to_num(x - shift, nan=torch.nan)
-    u = z*alpha
-    s0 = -2*torch.abs(u)
-    d = torch.expm1(s0)
-    sg = torch.sigmoid(s0)
-    t0 = 4*weight*sg*(1 - sg)
-    t1 = t0*alpha
-    y_t = t0*alpha_t*z - t1*shift_t + t1*x_t + weight_t*torch.copysign(d/(d + 2), u)
+    t0 = z*alpha
+    t1 = weight/(torch.square(torch.cosh(t0)))
+    t2 = t1*alpha
+    y_t = t1*alpha_t*z - t2*shift_t + t2*x_t + weight_t*torch.tanh(t0)
     return y_t
 
 
@@ -386,29 +362,27 @@ def dyt_ln_hvp(grad, x, alpha, shift, weight, x_v, alpha_v, shift_v, weight_v):
         d2y/dshiftdshift = 2*alpha**2*weight*(tanh(alpha*z)**2 - 1)*tanh(alpha*z)
         d2y/dshiftdweight = alpha*(tanh(alpha*z)**2 - 1)
 
-    Operations after CSE: 59.
+    Operations after CSE: 46.
     """
     z = torch.nan_to_num(x - shift, nan=torch.nan)
-    u = z*alpha
-    s0 = -2*torch.abs(u)
-    d = torch.expm1(s0)
-    sg = torch.sigmoid(s0)
-    t0 = 1 - sg
-    t1 = t0*grad*sg
-    t2 = 4*t1
+    t0 = z*alpha
+    t1 = (1 / (torch.square(torch.cosh(t0))))
+    t2 = t1*grad
     t3 = t2*alpha_v
-    t4 = torch.copysign(d/(d + 2), u)
-    t5 = 2*t4*z*alpha - 1
+    t4 = 2*torch.tanh(t0)
+    t5 = t0*t4 - 1
     t6 = t5*weight
-    t7 = 8*t1*t4*weight
-    t8 = alpha*(alpha*t7)
-    t9 = t2*weight_v*alpha + t8*shift_v - t8*x_v
-    t10 = -t5*weight
-    t11 = t2*alpha
-    h_x = -t3*t6 + t9
-    h_alpha = z*(z*(-t7*alpha_v)) + 4*t0*grad*weight_v*z*sg - t10*t2*shift_v - t2*t6*x_v
-    h_shift = -t10*t3 - t9
-    h_weight = -t11*shift_v + t11*x_v + t3*z
+    t7 = t2*x_v
+    t8 = t4*weight
+    t9 = alpha*(alpha*t8)
+    t10 = t2*shift_v
+    t11 = t2*weight_v*alpha + t10*t9 - t7*t9
+    t12 = -t5*weight
+    t13 = t2*alpha
+    h_x = t11 - t3*t6
+    h_alpha = t1*grad*weight_v*z - t10*t12 + z*(z*(-t3*t8)) - t6*t7
+    h_shift = -t11 - t12*t3
+    h_weight = -t13*shift_v + t13*x_v + t3*z
     return h_x, h_alpha, h_shift, h_weight
 
 

@@ -20,7 +20,6 @@ supports every mode of autograd:
 from __future__ import annotations
 
 import torch
-from torch._functorch.utils import unwrap_dead_wrappers
 
 from .backends import RUN, choose, compute_dtype
 from .generated import layers as G
@@ -28,18 +27,12 @@ from .generated import norms as N
 from .generated.forms import FORMS
 
 
-class EagerFunction(torch.autograd.Function):
-    """An autograd.Function whose eager ``apply`` skips torch's per-call
-    ``inspect.signature`` of the forward (it binds default arguments, and ours have none):
-    86 us of a 173 us DyT forward at (8, 4096) on a CPU. Under torch.func's transforms it is
-    torch's own ``apply``; torch.compile and torch.export trace TracedFunction instead."""
-
-    @classmethod
-    def apply(cls, *args):
-        if torch._C._are_functorch_transforms_active():
-            return super().apply(*args)
-        # what torch.autograd.Function.apply does after binding: the C++ apply
-        return super(torch.autograd.Function, cls).apply(*unwrap_dead_wrappers(args))
+def eager_apply(cls):
+    """``cls.apply`` without torch's per-call ``inspect.signature`` of the forward (it binds
+    default arguments, and ours have none; 39 us of a DyT call at (8, 4096) on a CPU): the
+    C++ apply that torch.autograd.Function.apply calls after binding. For eager calls only:
+    under torch.func's transforms it is cls.apply (numeric.functional chooses)."""
+    return super(torch.autograd.Function, cls).apply
 
 
 def _clamped(x: torch.Tensor) -> torch.Tensor:
@@ -70,7 +63,7 @@ def _sum_like(g: torch.Tensor, x: torch.Tensor, like: torch.Tensor) -> torch.Ten
     return s.to(like.dtype)
 
 
-class FormFunction(EagerFunction):
+class FormFunction(torch.autograd.Function):
     """y = weight * f(x; scalars) + bias for the form named by the subclass's ``form``.
 
     apply(x, weight, bias, *scalars): x (..., C); weight (C,); bias (C,) or None; each
@@ -94,7 +87,11 @@ class FormFunction(EagerFunction):
     @classmethod
     def backward(cls, ctx, grad):
         x, weight, *scalars = ctx.saved_tensors
-        gx, gw, gb, *gs = BACKWARD[cls.form].apply(grad, x, weight, *scalars)
+        # Differentiable (create_graph=True: grad mode is on) through the Function of the
+        # backward; a first-order backward computes the same values without one.
+        run = (BACKWARD[cls.form].apply if torch.is_grad_enabled()
+               else BACKWARD[cls.form].forward)
+        gx, gw, gb, *gs = run(grad, x, weight, *scalars)
         need = ctx.needs_input_grad
         gb = gb.to(ctx.bias_dtype) if ctx.bias_dtype is not None and need[2] else None
         return (gx if need[0] else None, gw if need[1] else None, gb,
@@ -112,7 +109,7 @@ class FormFunction(EagerFunction):
         return y_t.expand(x.shape).to(x.dtype)
 
 
-class FormBackward(EagerFunction):
+class FormBackward(torch.autograd.Function):
     """The backward of a FormFunction as a Function of its own: its forward is the first
     derivatives (through the backend), its backward and jvp the second (op by op).
 
@@ -236,6 +233,8 @@ FUNCTIONS = {c.form: c for c in (DyTFunction, DyISRUFunction, DyTLNFunction, DyI
 BACKWARD = {c.form: c for c in (DyTBackward, DyISRUBackward, DyTLNBackward, DyISRULNBackward,
                                 DerfBackward)}
 assert set(FUNCTIONS) == set(BACKWARD) == set(FORMS), "every generated form needs its Functions"
+#: form -> its Function's eager apply (eager_apply).
+EAGER = {form: eager_apply(c) for form, c in FUNCTIONS.items()}
 
 
 class TracedFunction(torch.autograd.Function):
@@ -268,7 +267,7 @@ class TracedFunction(torch.autograd.Function):
 
 # -- the reference norms -------------------------------------------------------------------
 
-class NormFunction(EagerFunction):
+class NormFunction(torch.autograd.Function):
     """RMSNorm or LayerNorm (no affine part) by the generated forward and the VJP of the
     derived Jacobian. The Jacobian is symmetric (a step of the derivation checks it), so the
     forward-mode product J v is the same printed VJP applied to v. The backward is op-by-op
@@ -332,3 +331,4 @@ class TracedNorm(torch.autograd.Function):
 
 
 NORMS = {c.norm: c for c in (RMSNormFunction, LayerNormFunction)}
+EAGER_NORMS = {norm: eager_apply(c) for norm, c in NORMS.items()}

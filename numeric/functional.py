@@ -23,7 +23,9 @@ import numbers
 
 import torch
 
-from ._autograd import FUNCTIONS, NORMS, TracedFunction, TracedNorm
+from torch._functorch.utils import unwrap_dead_wrappers
+
+from ._autograd import EAGER, EAGER_NORMS, FUNCTIONS, NORMS, TracedFunction, TracedNorm
 from .backends import compute_dtype, get_backend, set_backend  # noqa: F401  (the API)
 from .generated.forms import FORMS
 
@@ -97,45 +99,48 @@ def _scalar(v, what: str, x: torch.Tensor) -> torch.Tensor:
 
 
 def _call(name: str, x, scalars, weight, bias):
-    """(the Function to apply, its arguments) for y = weight * f(x; scalars) + bias, every
-    input checked; under torch.compile the Function it can trace."""
+    """(the apply to call, its arguments) for y = weight * f(x; scalars) + bias, every input
+    checked: under torch.compile the Function it can trace, under torch.func's transforms
+    the Function's own apply, else its eager apply (numeric._autograd.eager_apply)."""
     x = _input(x)
     weight = _channels(weight, "weight", x)
     bias = _channels(bias, "bias", x, optional=True)
     ss = [_scalar(v, p, x) for v, p in zip(scalars, FORMS[name].scalars)]
     if torch.compiler.is_compiling():
-        return TracedFunction, (name, x, weight, bias, *ss)
-    return FUNCTIONS[name], (x, weight, bias, *ss)
+        return TracedFunction.apply, (name, x, weight, bias, *ss)
+    if torch._C._are_functorch_transforms_active():
+        return FUNCTIONS[name].apply, (x, weight, bias, *ss)
+    return EAGER[name], unwrap_dead_wrappers((x, weight, bias, *ss))
 
 
 def dyt(x, alpha, weight, bias=None):
     """DyT (Zhu et al. 2025): weight * tanh(alpha * x) + bias."""
     fn, args = _call("dyt", x, (alpha,), weight, bias)
-    return fn.apply(*args)
+    return fn(*args)
 
 
 def dyisru(x, beta, weight, bias=None):
     """DyISRU (Stollenwerk 2025): weight * x / sqrt(beta + x^2) + bias."""
     fn, args = _call("dyisru", x, (beta,), weight, bias)
-    return fn.apply(*args)
+    return fn(*args)
 
 
 def dyt_ln(x, alpha, shift, weight, bias=None):
     """DyT's LayerNorm form: weight * tanh(alpha * (x - shift)) + bias."""
     fn, args = _call("dyt_ln", x, (alpha, shift), weight, bias)
-    return fn.apply(*args)
+    return fn(*args)
 
 
 def dyisru_ln(x, beta, shift, weight, bias=None):
     """DyISRU's LayerNorm form: weight * (x - shift) / sqrt(beta + (x - shift)^2) + bias."""
     fn, args = _call("dyisru_ln", x, (beta, shift), weight, bias)
-    return fn.apply(*args)
+    return fn(*args)
 
 
 def derf(x, alpha, shift, weight, bias=None):
     """Derf (Chen et al. 2025): weight * erf(alpha * x + shift) + bias."""
     fn, args = _call("derf", x, (alpha, shift), weight, bias)
-    return fn.apply(*args)
+    return fn(*args)
 
 
 def check_eps(eps, allow_none: bool = False) -> float | None:
@@ -165,8 +170,10 @@ def _norm(name: str, x, weight, bias, eps):
     eps = torch.finfo(ct).eps if eps is None else eps
     if torch.compiler.is_compiling():
         y = TracedNorm.apply(name, x.to(ct), eps)
-    else:
+    elif torch._C._are_functorch_transforms_active():
         y = NORMS[name].apply(x.to(ct), eps)
+    else:
+        y = EAGER_NORMS[name](*unwrap_dead_wrappers((x.to(ct), eps)))
     if weight is not None:
         y = y * weight.to(ct)
     if bias is not None:

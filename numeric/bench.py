@@ -43,6 +43,10 @@ CONFIGS = {
     "cuda": {"shapes": [(4096, 4096), (16384, 4096), (4096, 8192), (8192, 1024)], "reps": 100},
     "quick": {"shapes": [(256, 128)], "reps": 3},
 }
+#: Time per call at a small shape (what a call costs beyond its memory traffic): ours and
+#: the eager composition, float32, one thread on a CPU. Goal: ours at most 1.3x eager.
+LATENCY = {"shape": (8, 4096), "dtype": torch.float32, "reps": {False: 400, True: 20},
+           "impls": ("ours", "eager", "rms_norm")}
 DTYPES = (torch.float32, torch.bfloat16)
 MODES = ("fwd", "fwd+bwd")
 ROTATE = 4  # input buffers cycled through, so no repetition finds x in cache
@@ -290,8 +294,15 @@ def run(out: Path, *, quick: bool = False, progress=print, config: str | None = 
                              pct_copy=100 * r["bandwidth_GBps"] / (bw / 1e9))
                     rows.append(r)
     _ratios(rows)
+    progress("bench: latency (time per call at a small shape)")
+    lat = latency(device, quick or config == "quick")
     progress("bench: probes (what each implementation computes where the formula is hard)")
-    _write(out, rows, probes(device), device, config)
+    _write(out, rows, probes(device), device, config, lat)
+    for r in lat:
+        if r["impl"] == "ours":
+            summary[f"latency {r['layer']} {r['shape']} {r['dtype']} {r['mode']}"] = {
+                "time_us": round(r["time_us"], 1),
+                "time_ratio_vs_eager": round(r["ratio_vs_eager"], 3)}
     for r in rows:
         if r["impl"] == "ours":
             summary[f"{r['layer']} {r['shape']} {r['dtype']} {r['mode']}"] = {
@@ -299,6 +310,37 @@ def run(out: Path, *, quick: bool = False, progress=print, config: str | None = 
                 "time_ratio_vs_compiled": round(r["ratio_vs_compiled"], 3),
                 "kept_ratio_vs_eager": round(r["kept_ratio_vs_eager"], 3)}
     return summary
+
+
+def latency(device: str, quick: bool = False) -> list[dict]:
+    """Per-call times (microseconds, median) at LATENCY's shape, ours and the eager
+    composition of every form (and F.rms_norm), forward (no grad) and forward+backward; on a
+    CPU with one intra-op thread. Ratios against eager of the same layer and mode."""
+    shape, dtype = LATENCY["shape"], LATENCY["dtype"]
+    threads = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(1)
+    try:
+        rows = []
+        for case in cases(shape[-1], device, dtype):
+            if case.impl not in LATENCY["impls"]:
+                continue
+            for mode in MODES:
+                r = measure(case, shape, dtype, device, LATENCY["reps"][quick], mode)
+                rows.append({"impl": case.impl, "layer": case.layer,
+                             "shape": f"{shape[0]}x{shape[1]}",
+                             "dtype": str(dtype).replace("torch.", ""), "mode": mode,
+                             "time_us": 1e3 * r["time_ms"]})
+    finally:
+        torch.set_num_threads(threads)
+    eager = {(r["layer"], r["mode"]): r["time_us"] for r in rows if r["impl"] == "eager"}
+    for r in rows:
+        e = eager.get((r["layer"], r["mode"]))
+        r["ratio_vs_eager"] = r["time_us"] / e if e else float("nan")
+    return rows
+
+
+LATENCY_HEADER = ["impl", "layer", "shape", "dtype", "mode", "time_us", "ratio_vs_eager"]
 
 
 def _ratios(rows) -> None:
@@ -327,8 +369,9 @@ def _device_name(device: str) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _write(out: Path, rows, probe_rows, device: str, config: str) -> None:
+def _write(out: Path, rows, probe_rows, device: str, config: str, lat) -> None:
     write_table(out, "bench", HEADER, [[r[h] for h in HEADER] for r in rows])
+    write_table(out, "latency", LATENCY_HEADER, [[r[h] for h in LATENCY_HEADER] for r in lat])
     write_table(out, "probes", PROBE_HEADER, [[r[h] for h in PROBE_HEADER] for r in probe_rows])
     _plot(out, rows, device)
     name = _device_name(device)
@@ -344,6 +387,11 @@ def _write(out: Path, rows, probe_rows, device: str, config: str) -> None:
         "Ours against eager: " + "; ".join(lines) + ".",
         "![time per implementation](bench.png)",
         table_markdown(out, "bench"),
+        f"Time per call at {LATENCY['shape']} float32"
+        + (", one intra-op thread" if device == "cpu" else "")
+        + " (microseconds, median; what a call costs beyond its memory traffic), ours and "
+        "the eager composition; the goal is ours at most 1.3x eager:",
+        table_markdown(out, "latency"),
         "What each computes where the formula is hard (one input per row, every element the "
         "same; relative error against the same composition in float64). The composition's "
         "arithmetic, eager or compiled, is cheaper than ours where it is wrong:",

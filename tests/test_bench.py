@@ -24,8 +24,16 @@ def test_bench_quick_writes_tables_and_keeps_half_the_bytes(tmp_path):
     # memory is deterministic: ours keeps x (and the parameters, +0.1% here), eager keeps
     # x and tanh(a x) at least
     for key, v in summary.items():
-        if key.endswith("fwd+bwd"):
+        if key.endswith("fwd+bwd") and not key.startswith("latency"):
             assert v["kept_ratio_vs_eager"] <= 0.502, key
+    # the time per call at (8, 4096): ours and eager for every form and mode, a ratio each
+    latency = list(csv.DictReader((tmp_path / "latency.csv").open()))
+    assert {(r["impl"], r["layer"], r["mode"]) for r in latency} >= {
+        (impl, layer, mode) for impl in ("ours", "eager") for layer in bench.EAGER
+        for mode in bench.MODES}
+    assert all(float(r["time_us"]) > 0 for r in latency)
+    assert all(float(summary[f"latency {layer} 8x4096 float32 {mode}"]["time_ratio_vs_eager"]) > 0
+               for layer in bench.EAGER for mode in bench.MODES)
 
 
 def test_kept_bytes_counts_what_autograd_saves():

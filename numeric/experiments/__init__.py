@@ -21,6 +21,8 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
                   "Pre-LN vs Post-LN with each norm: gradients at init and short training"),
     "norms-axes": ("numeric.experiments.norms_axes",
                    "BatchNorm, LayerNorm and RMSNorm over explicit axes, checked"),
+    "lm": ("numeric.experiments.lm",
+           "a byte-level language model with each norm: loss, seeds, saturation, step time"),
 }
 
 

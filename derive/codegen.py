@@ -114,11 +114,17 @@ def emit(fn: Function) -> str:
             f'    """{doc}\n\n    Operations after CSE: {ops}.\n    """\n' + "\n".join(lines) + "\n")
 
 
-def module(title: str, functions: list[Function]) -> str:
+def module(title: str, functions: list[Function], hypot_from: str = "") -> str:
+    """A generated module; where its functions call hypot, the prelude (HYPOT) is printed
+    into it, or imported from the module ``hypot_from`` names (one home for it)."""
     body = "\n\n".join(emit(f) for f in functions)
     names = ", ".join(f'"{f.name}"' for f in functions)
-    prelude = hypot_prelude() + "\n\n" if uses_hypot(body) else ""
-    return (f'{BANNER}"""{title}"""\nimport torch\n\n__all__ = [{names}]\n\n\n{prelude}{body}')
+    imports, prelude = "import torch\n", ""
+    if uses_hypot(body) and hypot_from:
+        imports += f"\nfrom {hypot_from} import hypot\n"
+    elif uses_hypot(body):
+        prelude = hypot_prelude() + "\n\n"
+    return (f'{BANNER}"""{title}"""\n{imports}\n__all__ = [{names}]\n\n\n{prelude}{body}')
 
 
 def torch_functions(form: Form) -> list[Function]:
@@ -222,7 +228,7 @@ def norms_module() -> str:
     return module(
         "Reference RMSNorm and LayerNorm (no affine part): forward, and the backward as the\n"
         "vector-Jacobian product of the derived Jacobian (diagonal and off-diagonal entries).\n",
-        vjp.functions(Function))
+        vjp.functions(Function), hypot_from=".layers")
 
 
 def forms_module() -> str:

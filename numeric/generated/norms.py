@@ -5,25 +5,9 @@ vector-Jacobian product of the derived Jacobian (diagonal and off-diagonal entri
 """
 import torch
 
+from .layers import hypot
+
 __all__ = ["rmsnorm_forward", "rmsnorm_backward", "layernorm_forward", "layernorm_backward"]
-
-
-def hypot(a, b):
-    """hypot(a, b) = sqrt(a^2 + b^2) without overflow: torch.hypot on a CPU (exact there
-    to the largest finite value), hypot_minmax elsewhere (a device's own hypot may round up
-    to inf next to the largest finite value, as CUDA's float64 did)."""
-    if a.device.type == "cpu" and b.device.type == "cpu":
-        return torch.hypot(a, b)
-    return hypot_minmax(a, b)
-
-
-def hypot_minmax(a, b):
-    """hypot(a, b) = m sqrt(1 + (n/m)^2), m and n the larger and the smaller magnitude
-    (the rule hypot_minmax, derive/rules.py): nothing is squared but n/m in [0, 1]."""
-    hmax = torch.maximum(torch.abs(a), torch.abs(b))
-    hmin = torch.minimum(torch.abs(a), torch.abs(b))
-    hratio = hmin/hmax
-    return torch.where((hmax == 0), 0, hmax*torch.sqrt((hratio * hratio) + 1))
 
 
 def rmsnorm_forward(x, epsilon):

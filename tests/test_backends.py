@@ -84,32 +84,58 @@ def test_large_inputs(name, dtype, backend):
         torch.testing.assert_close(got.double(), want.grad, rtol=rtol, atol=4 * rtol * floor)
 
 
-@pytest.mark.parametrize("backend", ["torch", "fused"])
+#: Draws of the accuracy test below: each gradient's error is a sum of 131,072 rounding
+#: errors of random sign, so one draw's error is noise (ours against eager's single draws
+#: ranged from 0.07x to 32x over 12 seeds, on torch's default, AVX2 and AVX512 kernels
+#: alike); the root mean square over 8 draws is what the comparison can rest on.
+ACCURACY_DRAWS = 8
+
+
+@pytest.mark.parametrize("device", S.DEVICES)
+@pytest.mark.parametrize("backend", ["torch", "fused", "triton"])
 @pytest.mark.parametrize("name", S.FORMS)
-def test_parameter_gradients_at_least_as_accurate_as_eager_float32(name, backend):
-    """At (4, 16, 2048) float32 (131,072 terms per scalar): each parameter's gradient is as
-    close to float64 as eager float32 autograd's (torch's pairwise sums), within a factor 2
-    for the terms' own rounding (our tanh is not torch's); a float32 running sum is 100 to
-    1000 times further off."""
-    g = torch.Generator().manual_seed(5)
-    x = 3 * torch.randn(4, 16, 2048, generator=g)
-    gy = torch.randn(x.shape, generator=g)
-    scalars = [torch.tensor(2.0 if name.startswith("dyisru") else 0.6), torch.tensor(0.2)]
-    scalars = scalars[:len(R.params(name))]
-    w, b = torch.rand(2048, generator=g) + 0.5, torch.randn(2048, generator=g)
+def test_parameter_gradients_at_least_as_accurate_as_eager_float32(name, backend, device):
+    """At (4, 16, 2048) float32 (131,072 terms per scalar), over ACCURACY_DRAWS draws: the
+    root mean square of each parameter's error (against float64) is at most eager float32
+    autograd's (torch's pairwise sums): ours sums in float64 (the fused backward computes
+    the scalars' terms in float64 too). The weight's terms are ours, by our own tanh and
+    erf (a few ulps where torch's are within one), summed by torch's pairwise float32 sum
+    in the fused backward: within 2x. A float32 running sum is 100 to 1000 times further
+    off."""
+    checks.skip_unless_runs(backend, device)
+    if backend == "triton" and device == "cpu":
+        pytest.skip("8 draws of 131,072 elements are minutes in Triton's interpreter; "
+                    "test_kernels checks its gradients on CPU")
+    what = (*(p.name for p in R.params(name)), "weight", "bias")
+    ours_sq, eager_sq = torch.zeros(len(what), dtype=torch.float64), torch.zeros(len(what),
+                                                                                dtype=torch.float64)
+    for seed in range(ACCURACY_DRAWS):
+        g = torch.Generator().manual_seed(seed)
+        x = 3 * torch.randn(4, 16, 2048, generator=g)
+        gy = torch.randn(x.shape, generator=g)
+        scalars = [torch.tensor(2.0 if name.startswith("dyisru") else 0.6), torch.tensor(0.2)]
+        scalars = scalars[:len(R.params(name))]
+        w, b = torch.rand(2048, generator=g) + 0.5, torch.randn(2048, generator=g)
+        x, gy, w, b, *scalars = (t.to(device) for t in (x, gy, w, b, *scalars))
 
-    def eager(dtype):
-        leaves = [t.detach().to(dtype).clone().requires_grad_(True) for t in (x, *scalars, w, b)]
-        _formula64(name, leaves[0], leaves[1:-2], *leaves[-2:]).backward(gy.to(dtype))
-        return [t.grad.double() for t in leaves[1:]]
+        def eager(dtype):
+            leaves = [t.detach().to(dtype).clone().requires_grad_(True)
+                      for t in (x, *scalars, w, b)]
+            _formula64(name, leaves[0], leaves[1:-2], *leaves[-2:]).backward(gy.to(dtype))
+            return [t.grad.double() for t in leaves[1:]]
 
-    exact, eager32 = eager(torch.float64), eager(torch.float32)
-    with checks.backend(backend):
-        _, _, gs, gw, gb = checks.first_order(name, x, scalars, w, b, gy)
-    for got, e32, want, what in zip((*gs, gw, gb), eager32, exact,
-                                     (*(p.name for p in R.params(name)), "weight", "bias")):
-        ours, theirs = (got.double() - want).abs().max(), (e32 - want).abs().max()
-        assert ours <= 2 * max(theirs, 1e-7 * want.abs().max()), (what, float(ours), float(theirs))
+        exact, eager32 = eager(torch.float64), eager(torch.float32)
+        with checks.backend(backend):
+            _, _, gs, gw, gb = checks.first_order(name, x, scalars, w, b, gy)
+        for i, (got, e32, want) in enumerate(zip((*gs, gw, gb), eager32, exact)):
+            # 0.5 ulp of the float32 result: a value rounded correctly may not beat eager's
+            floor = 2.0 ** -24 * want.abs().max()
+            ours_sq[i] += max((got.double() - want).abs().max(), floor) ** 2
+            eager_sq[i] += max((e32 - want).abs().max(), floor) ** 2
+    ratios = (ours_sq / eager_sq).sqrt()
+    bounds = [2.0 if w == "weight" else 1.0 for w in what]
+    assert all(r <= bound for r, bound in zip(ratios.tolist(), bounds)), dict(
+        zip(what, [round(r, 3) for r in ratios.tolist()]))
 
 
 def test_a_compiler_failure_falls_back_with_one_warning(monkeypatch):

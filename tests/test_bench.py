@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 import torch
 
 from numeric import bench
 from numeric import functional as F
 
+from tests import strategies as S
 from tests.tolerances import TOLERANCES
 
 
@@ -43,12 +45,20 @@ def test_kept_bytes_counts_what_autograd_saves():
     assert saved == x.numel() * 4 + (1 + 32) * 4     # x, alpha, weight: nothing else
 
 
-def test_probes_find_ours_right_where_the_composition_is_wrong():
+@pytest.mark.parametrize("device", S.DEVICES)
+def test_probes_find_ours_right_where_the_composition_is_wrong(device):
     """At each probe ours is within the dtype's tolerance of the float64 composition, and
-    the compiled or eager composition is off by more than 10% (if torch fixes one, the
-    benchmark's notes on what the speed goal costs are out of date: this test says so)."""
-    for row in bench.probes():
+    where the probe table says the compiled or eager composition is wrong on this CPU (one
+    probe is wrong only with AVX2 and AVX512 code), it is off by more than 10% (if torch
+    fixes one, the benchmark's notes on what the speed goal costs are out of date: this test
+    says so). The probes expected right here are not checked against eager: their claim is
+    about other machines."""
+    rows = bench.probes(device)
+    assert all(r["cpu_capability"] == torch.backends.cpu.get_cpu_capability() for r in rows)
+    for row in rows:
         dtype = getattr(torch, row["dtype"])
-        where = (row["layer"], row["dtype"], row["what"], row["x"])
+        where = (row["layer"], row["dtype"], row["what"], row["x"], row["cpu_capability"])
         assert row["ours_rel_err"] <= TOLERANCES[dtype].rtol, where
+        if not row["composition_wrong_here"]:
+            continue
         assert max(row["eager_rel_err"], row["compiled_rel_err"]) > 0.1, where

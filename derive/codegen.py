@@ -114,12 +114,14 @@ def emit(fn: Function) -> str:
             f'    """{doc}\n\n    Operations after CSE: {ops}.\n    """\n' + "\n".join(lines) + "\n")
 
 
-def module(title: str, functions: list[Function], hypot_from: str = "") -> str:
+def module(title: str, functions: list[Function], hypot_from: str = "", tail: str = "",
+           imports: str = "") -> str:
     """A generated module; where its functions call hypot, the prelude (HYPOT) is printed
-    into it, or imported from the module ``hypot_from`` names (one home for it)."""
-    body = "\n\n".join(emit(f) for f in functions)
+    into it, or imported from the module ``hypot_from`` names (one home for it). ``tail``
+    follows the functions, ``imports`` precede torch's."""
+    body = "\n\n".join(emit(f) for f in functions) + tail
     names = ", ".join(f'"{f.name}"' for f in functions)
-    imports, prelude = "import torch\n", ""
+    imports, prelude = imports + "\nimport torch\n" if imports else "import torch\n", ""
     if uses_hypot(body) and hypot_from:
         imports += f"\nfrom {hypot_from} import hypot\n"
     elif uses_hypot(body):
@@ -209,6 +211,23 @@ def _symbols(r: Rewritten) -> set:
     return r.expr.free_symbols.union(*(v.free_symbols for v in r.defs.values()))
 
 
+#: The fields of a form's row in the generated table ``CODE``: its functions, by role.
+CODE_FIELDS = ("forward", "forward_nobias", "backward", "jvp", "hvp", "fused_forward",
+               "fused_backward")
+
+
+def code_table() -> str:
+    """The generated table of the forms' functions: numeric/ calls them through it (no
+    lookup by name at call time)."""
+    fields = "".join(f"    {f}: Callable\n" for f in CODE_FIELDS)
+    rows = "\n".join(f'    "{name}": Code("{name}", '
+                     + ", ".join(f"{name}_{f}" for f in CODE_FIELDS) + "),"
+                     for name in FORMS)
+    return (f"\n\nclass Code(NamedTuple):\n    \"\"\"One form's generated functions, by "
+            f"role.\"\"\"\n    name: str\n{fields}\n\n"
+            f"#: form -> its functions.\nCODE = {{\n{rows}\n}}\n")
+
+
 def layers_module() -> str:
     fns = [f for name, form in FORMS.items()
            for f in (*torch_functions(form), *fused_functions(name))]
@@ -219,7 +238,9 @@ def layers_module() -> str:
         "forward_nobias, backward (first derivatives), jvp (the forward-mode product) and hvp\n"
         "(second derivatives along a direction); and fused_forward, fused_backward for\n"
         "torch.compile (the kernel rules, the dtype policy and the sums printed in).\n"
-        "numeric/_autograd.py wraps each form in an autograd.Function that saves x only.\n", fns)
+        "numeric/_autograd.py wraps each form in an autograd.Function that saves x only;\n"
+        "``CODE`` holds each form's functions.\n", fns,
+        tail=code_table(), imports="from typing import Callable, NamedTuple\n")
 
 
 def norms_module() -> str:

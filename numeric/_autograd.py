@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from .backends import RUN, choose, compute_dtype
-from .generated import layers as G
+from .generated.layers import CODE
 from .generated import norms as N
 from .generated.forms import FORMS
 
@@ -71,11 +71,12 @@ class FormFunction(torch.autograd.Function):
     """
 
     form: str
+    code: object                    # the form's generated functions (CODE[form])
     generate_vmap_rule = True
 
     @classmethod
     def forward(cls, x, weight, bias, *scalars):
-        return RUN[choose(x)][0](cls.form, x, scalars, weight, bias)
+        return RUN[choose(x)][0](cls.code, x, scalars, weight, bias)
 
     @classmethod
     def setup_context(cls, ctx, inputs, output):
@@ -103,7 +104,7 @@ class FormFunction(torch.autograd.Function):
         ct = compute_dtype(x.dtype)
         args = [t.to(ct) for t in (*scalars, weight)]
         tangents = [_or_zero(t, x) for t in (x_t, *scalars_t, weight_t)]
-        y_t = getattr(G, f"{cls.form}_jvp")(_clamped(x), *args, *tangents)
+        y_t = cls.code.jvp(_clamped(x), *args, *tangents)
         if bias_t is not None:
             y_t = y_t + bias_t.to(ct)
         return y_t.expand(x.shape).to(x.dtype)
@@ -118,11 +119,12 @@ class FormBackward(torch.autograd.Function):
     """
 
     form: str
+    code: object
     generate_vmap_rule = True
 
     @classmethod
     def forward(cls, grad, x, weight, *scalars):
-        gx, gs, gw, gb = RUN[choose(x)][1](cls.form, grad, x, scalars, weight)
+        gx, gs, gw, gb = RUN[choose(x)][1](cls.code, grad, x, scalars, weight)
         ct = compute_dtype(x.dtype)
         return (gx, gw.to(weight.dtype), gb.to(ct),
                 *(g.to(s.dtype) for g, s in zip(gs, scalars)))
@@ -143,7 +145,7 @@ class FormBackward(torch.autograd.Function):
         Those elements (and only those: a NaN input stays NaN either way) are evaluated again
         at x clamped to sqrt(finfo.max)/256, where every such term is already 0."""
         ct = compute_dtype(x.dtype)
-        hvp = getattr(G, f"{cls.form}_hvp")
+        hvp = cls.code.hvp
         args = [grad.to(ct), None, *(t.to(ct) for t in (*scalars, weight)),
                 *(_or_zero(t, x) for t in (v_x, *v_s, v_w))]
         args[1] = _clamped(x)
@@ -160,7 +162,7 @@ class FormBackward(torch.autograd.Function):
         h_x, h_w, h_s = cls._second(grad, x, weight, scalars, c_x, c_w, c_s)
         # d(outputs . c)/d grad: the first derivatives along c, i.e. the forward-mode product.
         args = [t.to(ct) for t in (*scalars, weight)]
-        d_grad = getattr(G, f"{cls.form}_jvp")(
+        d_grad = cls.code.jvp(
             _clamped(x), *args, *(_or_zero(t, x) for t in (c_x, *c_s, c_w)))
         if c_b is not None:
             d_grad = d_grad + c_b.to(ct)
@@ -174,7 +176,7 @@ class FormBackward(torch.autograd.Function):
         h_x, h_w, h_s = cls._second(grad, x, weight, scalars, x_t, weight_t, scalars_t)
         g_t = _or_zero(grad_t, x).expand(x.shape)
         args = [t.to(ct) for t in (*scalars, weight)]
-        f_x, *f_s, f_w = getattr(G, f"{cls.form}_backward")(g_t, _clamped(x), *args)
+        f_x, *f_s, f_w = cls.code.backward(g_t, _clamped(x), *args)
         return ((f_x + h_x).expand(x.shape).to(x.dtype), _sum_like(f_w + h_w, x, weight),
                 _sum_like(g_t, x, weight.detach().to(ct)),
                 *(_sum_like(f + h, x, s) for f, h, s in zip(f_s, h_s, scalars)))
@@ -184,47 +186,47 @@ class FormBackward(torch.autograd.Function):
 
 class DyTFunction(FormFunction):
     """DyT: weight * tanh(alpha x) + bias."""
-    form = "dyt"
+    form, code = "dyt", CODE["dyt"]
 
 
 class DyTBackward(FormBackward):
-    form = "dyt"
+    form, code = "dyt", CODE["dyt"]
 
 
 class DyISRUFunction(FormFunction):
     """DyISRU: weight * x / sqrt(beta + x^2) + bias."""
-    form = "dyisru"
+    form, code = "dyisru", CODE["dyisru"]
 
 
 class DyISRUBackward(FormBackward):
-    form = "dyisru"
+    form, code = "dyisru", CODE["dyisru"]
 
 
 class DyTLNFunction(FormFunction):
     """DyT's LayerNorm form: weight * tanh(alpha (x - shift)) + bias."""
-    form = "dyt_ln"
+    form, code = "dyt_ln", CODE["dyt_ln"]
 
 
 class DyTLNBackward(FormBackward):
-    form = "dyt_ln"
+    form, code = "dyt_ln", CODE["dyt_ln"]
 
 
 class DyISRULNFunction(FormFunction):
     """DyISRU's LayerNorm form: weight * (x - shift) / sqrt(beta + (x - shift)^2) + bias."""
-    form = "dyisru_ln"
+    form, code = "dyisru_ln", CODE["dyisru_ln"]
 
 
 class DyISRULNBackward(FormBackward):
-    form = "dyisru_ln"
+    form, code = "dyisru_ln", CODE["dyisru_ln"]
 
 
 class DerfFunction(FormFunction):
     """Derf: weight * erf(alpha x + shift) + bias."""
-    form = "derf"
+    form, code = "derf", CODE["derf"]
 
 
 class DerfBackward(FormBackward):
-    form = "derf"
+    form, code = "derf", CODE["derf"]
 
 
 #: form -> its Function and the Function of its backward.
@@ -248,7 +250,7 @@ class TracedFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(form, x, weight, bias, *scalars):
-        return RUN[choose(x)][0](form, x, scalars, weight, bias)
+        return RUN[choose(x)][0](CODE[form], x, scalars, weight, bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -259,7 +261,7 @@ class TracedFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight, *scalars = ctx.saved_tensors
-        gx, gs, gw, gb = RUN[choose(x)][1](ctx.form, grad, x, scalars, weight)
+        gx, gs, gw, gb = RUN[choose(x)][1](CODE[ctx.form], grad, x, scalars, weight)
         return (None, gx, gw.to(weight.dtype),
                 None if ctx.bias_dtype is None else gb.to(ctx.bias_dtype),
                 *(g.to(s.dtype) for g, s in zip(gs, scalars)))

@@ -4,14 +4,17 @@ Every backend takes the same arguments and applies the same dtype policy: comput
 (float64 for float64 input), return x's dtype; x is clamped to the compute dtype's finite
 range first, so +-inf saturates to the bound (gradient 0) and a NaN stays in its element.
 
-    forward(name, x, scalars, weight, bias) -> y                       (x's dtype)
-    backward(name, grad, x, scalars, weight) -> (grad_x, [grad of each scalar],
+    forward(code, x, scalars, weight, bias) -> y                       (x's dtype)
+    backward(code, grad, x, scalars, weight) -> (grad_x, [grad of each scalar],
                                                  grad_weight, grad_bias)
 
+``code`` is the form's row of the generated table (numeric/generated/layers.py, ``CODE``).
 grad_x is in x's dtype; the parameters' gradients are summed over every dimension but the
-channels, in float64 or (the fused weight's) by torch's pairwise float32 sum, as accurate
-as eager float32 (the caller casts each to its parameter's dtype). Scalars and weight
-arrive in their own dtypes (float32 parameters under bfloat16 autocast, say).
+channels: the scalars' in float64, the weight's and bias's over the rows as eager float32
+autograd sums them (torch's float32 sum; float64 across the row blocks of a large input),
+at least as accurate as eager float32 (the caller casts each to its parameter's dtype).
+Scalars and weight arrive in their own dtypes (float32 parameters under bfloat16
+autocast, say).
 
 - ``"torch"``: the generated PyTorch code op by op (numeric/generated/layers.py); on a CPU,
   inputs of more than ``BLOCK_ELEMENTS`` go through in blocks of rows, whose temporaries
@@ -112,8 +115,8 @@ def _clamped(x: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
 
 
 def _in(ct, tensors):
-    """The parameters in the compute dtype (detached: the backends compute values only)."""
-    return [None if t is None else t.detach().to(ct) for t in tensors]
+    """The parameters in the compute dtype (the backends run without grad: values only)."""
+    return [None if t is None else cast(t, ct) for t in tensors]
 
 
 def _blocks(x: torch.Tensor):
@@ -129,11 +132,10 @@ def _blocks(x: torch.Tensor):
 
 # -- op by op ------------------------------------------------------------------------------
 
-def torch_forward(name, x, scalars, weight, bias):
+def torch_forward(code, x, scalars, weight, bias):
     ct = compute_dtype(x.dtype)
     *ps, w, b = _in(ct, (*scalars, weight, bias))
-    fn, args = ((getattr(G, f"{name}_forward_nobias"), (*ps, w)) if b is None
-                else (getattr(G, f"{name}_forward"), (*ps, w, b)))
+    fn, args = (code.forward_nobias, (*ps, w)) if b is None else (code.forward, (*ps, w, b))
     blocks = _blocks(x)
     if blocks is None:
         return cast(fn(_clamped(x, ct), *args), x.dtype)
@@ -144,23 +146,25 @@ def torch_forward(name, x, scalars, weight, bias):
     return y.view(x.shape)
 
 
-def torch_backward(name, grad, x, scalars, weight):
-    """The parameters' gradients are summed in float64, block by block."""
+def torch_backward(code, grad, x, scalars, weight):
+    """The scalars' gradients are summed in float64; the weight's and bias's over the rows
+    in the compute dtype, as eager autograd does, then (a large input's row blocks) in
+    float64."""
     ct = compute_dtype(x.dtype)
     *ps, w = _in(ct, (*scalars, weight))
     C = x.shape[-1]
-    fn = getattr(G, f"{name}_backward")
-    blocks = _blocks(x) or [slice(None)]
+    blocks = _blocks(x)
+    if blocks is None:
+        x2, g = x.reshape(-1, C), cast(grad.reshape(-1, C), ct)
+        bx, *bs, bw = code.backward(g, _clamped(x2, ct), *ps, w)
+        return (cast(bx, x.dtype).reshape(x.shape), [t.sum(dtype=torch.float64) for t in bs],
+                bw.sum(0), g.sum(0))
     x2, g2 = x.reshape(-1, C), grad.reshape(-1, C)
-    gx = torch.empty(x2.shape, dtype=x.dtype, device=x.device) if len(blocks) > 1 else None
+    gx = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
     sums = None
     for rows in blocks:
-        g = g2[rows].to(ct)
-        bx, *bs, bw = fn(g, _clamped(x2[rows], ct), *ps, w)
-        if gx is None:
-            gx = bx.to(x.dtype)
-        else:
-            gx[rows] = bx
+        g = cast(g2[rows], ct)
+        gx[rows], *bs, bw = code.backward(g, _clamped(x2[rows], ct), *ps, w)
         part = [*(t.sum(dtype=torch.float64) for t in bs), bw.sum(0, dtype=torch.float64),
                 g.sum(0, dtype=torch.float64)]
         sums = part if sums is None else [s + p for s, p in zip(sums, part)]
@@ -181,13 +185,13 @@ def _own_code(fn, name: str):
 
 
 @cache
-def _compiled(name: str, what: str):
+def _compiled(code, what: str):
     """The fused function, compiled with the number of rows marked dynamic (``_rows``) and C
     static until a second C is seen (torch.compile's automatic dynamic shapes). With every
     size dynamic (dynamic=True, or C marked too), inductor's CPU code for DyISRU's forward
     came out on one thread, 3.3 ms at (4096, 1024) float32 against 1.7 ms this way, and
     DyT-LN's bfloat16 forward took 10.0 ms against 4.5."""
-    fn = getattr(G, f"{name}_fused_{what}")
+    fn = getattr(code, f"fused_{what}")
     return torch.compile(_own_code(fn, fn.__name__), dynamic=None)
 
 
@@ -222,17 +226,17 @@ def _row_blocks(t: torch.Tensor) -> torch.Tensor:
     return _dynamic_rows(t.view(-1, r, t.shape[-1]).detach())
 
 
-def _unfused(failure: Exception, name: str, run, *args):
+def _unfused(failure: Exception, code, run, *args):
     """The op-by-op call after a compiled one failed: if it fails too, the inputs were at
     fault and its own error is raised; if not, the compiler was, and fusion is turned off
     with one warning naming the compiler's error."""
     try:
-        out = run(name, *args)
+        out = run(code, *args)
     except Exception as e:  # noqa: BLE001 - the inputs' own error, without the compiler's
         raise e from None
     first = str(failure).splitlines()[0] if str(failure) else ""
     _FUSION_BROKEN.append(f"{type(failure).__name__}: {first}")
-    warnings.warn(f"dynorm: fusion turned off, {name} did not compile ({_FUSION_BROKEN[-1]}); "
+    warnings.warn(f"dynorm: fusion turned off, {code.name} did not compile ({_FUSION_BROKEN[-1]}); "
                   "running the generated code op by op", RuntimeWarning, stacklevel=4)
     return out
 
@@ -241,30 +245,40 @@ def _unfused(failure: Exception, name: str, run, *args):
 _FUSION_BROKEN: list[str] = []
 
 
-def fused_forward(name, x, scalars, weight, bias):
+def fused_forward(code, x, scalars, weight, bias):
     if _FUSION_BROKEN:
-        return torch_forward(name, x, scalars, weight, bias)
+        return torch_forward(code, x, scalars, weight, bias)
     *ps, w = _in(torch.float32, (*scalars, weight))
     b = torch.zeros_like(w) if bias is None else bias.detach().to(torch.float32)
     try:
-        return _compiled(name, "forward")(_rows(x), *ps, w, b).view(x.shape)
+        return _compiled(code, "forward")(_rows(x), *ps, w, b).view(x.shape)
     except Exception as e:  # noqa: BLE001 - whatever the compiler raised: see _unfused
-        return _unfused(e, name, torch_forward, x, scalars, weight, bias)
+        return _unfused(e, code, torch_forward, x, scalars, weight, bias)
 
 
-def fused_backward(name, grad, x, scalars, weight):
+def fused_backward(code, grad, x, scalars, weight):
     if _FUSION_BROKEN:
-        return torch_backward(name, grad, x, scalars, weight)
+        return torch_backward(code, grad, x, scalars, weight)
     *ps, w = _in(torch.float32, (*scalars, weight))
     try:
-        gx, *gs, tw, gb = _compiled(name, "backward")(_row_blocks(grad), _row_blocks(x), *ps, w)
+        gx, *gs, tw, gb = _compiled(code, "backward")(_row_blocks(grad), _row_blocks(x), *ps, w)
     except Exception as e:  # noqa: BLE001 - whatever the compiler raised: see _unfused
-        return _unfused(e, name, torch_backward, grad, x, scalars, weight)
+        return _unfused(e, code, torch_backward, grad, x, scalars, weight)
     # the weight's term per element (float32): torch's pairwise sum over the rows
     return gx.view(x.shape), gs, tw.view(-1, tw.shape[-1]).sum(0), gb
+
+
+# -- Triton ---------------------------------------------------------------------------------
+
+def triton_forward(code, x, scalars, weight, bias):
+    return kernels.forward(code.name, x, scalars, weight, bias)
+
+
+def triton_backward(code, grad, x, scalars, weight):
+    return kernels.backward(code.name, grad, x, scalars, weight)
 
 
 #: backend -> (forward, backward).
 RUN = {"torch": (torch_forward, torch_backward),
        "fused": (fused_forward, fused_backward),
-       "triton": (kernels.forward, kernels.backward)}
+       "triton": (triton_forward, triton_backward)}

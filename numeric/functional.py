@@ -11,10 +11,11 @@ bias: (C,) or None (bias None means 0). Each computes in float32 (float64 for fl
 and returns x's dtype, whatever the parameters' dtype (float32 parameters under mixed
 precision are fine); every parameter's gradient comes back in its own dtype.
 
-Each call goes to ``<Form>Function`` (numeric/_autograd.py), which runs the backend chosen
-for x (numeric/backends.py): the Triton kernels on CUDA, the fused variants through
-torch.compile on a CPU input of at least 65,536 elements, the generated code op by op
-otherwise. ``set_backend("auto" | "triton" | "fused" | "torch")`` or DYNORM_BACKEND chooses.
+Each call that autograd records goes to ``<Form>Function`` (numeric/_autograd.py), which
+runs the backend chosen for x (numeric/backends.py); one it does not record (no_grad,
+inference_mode, no input that requires grad) runs the backend directly. The backends:
+the Triton kernels on CUDA, the fused variants through torch.compile on a CPU input of at
+least 65,536 elements, the generated code op by op otherwise. ``set_backend("auto" | "triton" | "fused" | "torch")`` or DYNORM_BACKEND chooses.
 Every order of autograd, forward mode and torch.func's transforms work on every backend.
 """
 from __future__ import annotations
@@ -22,12 +23,14 @@ from __future__ import annotations
 import numbers
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from torch._functorch.utils import unwrap_dead_wrappers
 
 from ._autograd import EAGER, EAGER_NORMS, FUNCTIONS, NORMS, TracedFunction, TracedNorm
-from .backends import compute_dtype, get_backend, set_backend  # noqa: F401  (the API)
+from .backends import RUN, choose, compute_dtype, get_backend, set_backend  # noqa: F401
 from .generated.forms import FORMS
+from .generated.layers import CODE
 
 __all__ = ["dyt", "dyisru", "dyt_ln", "dyisru_ln", "derf", "rms_norm", "layer_norm",
            "set_backend", "get_backend", "compute_dtype"]
@@ -98,10 +101,22 @@ def _scalar(v, what: str, x: torch.Tensor) -> torch.Tensor:
     return torch.tensor(v, dtype=compute_dtype(x.dtype), device=x.device)
 
 
+def _differentiated(x, weight, bias, ss) -> bool:
+    """Whether autograd records this call: grad mode on and an input that requires grad, or
+    forward-mode AD (a dual_level) active."""
+    if fwAD._current_level >= 0:
+        return True
+    return torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+        or any(s.requires_grad for s in ss))
+
+
 def _call(name: str, x, scalars, weight, bias):
-    """(the apply to call, its arguments) for y = weight * f(x; scalars) + bias, every input
-    checked: under torch.compile the Function it can trace, under torch.func's transforms
-    the Function's own apply, else its eager apply (numeric._autograd.eager_apply)."""
+    """(the function to call, its arguments) for y = weight * f(x; scalars) + bias, every
+    input checked: under torch.compile the Function it can trace, under torch.func's
+    transforms the Function's own apply, where autograd records the call the Function's
+    eager apply (numeric._autograd.eager_apply), else (no_grad, inference, nothing that
+    requires grad) the backend's forward itself."""
     x = _input(x)
     weight = _channels(weight, "weight", x)
     bias = _channels(bias, "bias", x, optional=True)
@@ -110,6 +125,8 @@ def _call(name: str, x, scalars, weight, bias):
         return TracedFunction.apply, (name, x, weight, bias, *ss)
     if torch._C._are_functorch_transforms_active():
         return FUNCTIONS[name].apply, (x, weight, bias, *ss)
+    if not _differentiated(x, weight, bias, ss):
+        return RUN[choose(x)][0], (CODE[name], x, ss, weight, bias)
     return EAGER[name], unwrap_dead_wrappers((x, weight, bias, *ss))
 
 

@@ -145,3 +145,41 @@ def test_third_order_differentiates_the_printed_second_derivatives(device):
     t = torch.tanh(a * x.detach())
     want = ww * a ** 3 * (-2) * (1 - t ** 2) * (1 - 3 * t ** 2)   # d3/dx3 of w tanh(a x)
     torch.testing.assert_close(g3, want)
+
+
+@pytest.mark.parametrize("device", S.DEVICES)
+@pytest.mark.parametrize("name", S.FORMS)
+def test_forward_mode_of_a_dual_input_that_does_not_require_grad(name, device, monkeypatch):
+    """torch.autograd.forward_ad on an input that requires no grad: the tangent is the
+    printed forward-mode product (the Function's jvp), the catalog's derivative along it,
+    not autograd through the forward's ops."""
+    import torch.autograd.forward_ad as fwAD
+    from numeric._autograd import FUNCTIONS
+
+    cls, calls = FUNCTIONS[name], []
+    printed = cls.code.jvp
+    monkeypatch.setattr(cls, "code", cls.code._replace(
+        jvp=lambda *a: calls.append(1) or printed(*a)))
+    x, scalars, w, b = _case(name, device=device)
+    t = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=f64).to(device)
+    with fwAD.dual_level():
+        y = checks.FUNCS[name](fwAD.make_dual(x, t), *scalars, w, b)
+        tangent = fwAD.unpack_dual(y).tangent
+    assert tangent is not None and calls, "not the printed forward-mode product"
+    assert_close(tangent, _ref(name, "d_x", x, scalars, w, b) * t, dtype=f64,
+                 what=f"{name} forward-mode tangent")
+
+
+@pytest.mark.parametrize("device", S.DEVICES)
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "nothing_requires_grad"])
+def test_calls_autograd_does_not_record_are_plain_values(mode, device):
+    """Without autograd, a call runs the backend directly: no graph, the same values."""
+    x, scalars, w, b = _case("dyt", device=device)
+    want = _ref("dyt", "y", x, scalars, w, b)
+    leaves = [t.clone().requires_grad_(mode != "nothing_requires_grad") for t in (x, *scalars)]
+    context = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode,
+               "nothing_requires_grad": torch.enable_grad}[mode]
+    with context():
+        y = F.dyt(leaves[0], *leaves[1:], w, b)
+    assert y.grad_fn is None and not y.requires_grad
+    assert_close(y, want, dtype=f64, what=f"dyt under {mode}")

@@ -7,8 +7,11 @@ inputs already in the compute dtype, float32 or float64): forward,
 forward_nobias, backward (first derivatives), jvp (the forward-mode product) and hvp
 (second derivatives along a direction); and fused_forward, fused_backward for
 torch.compile (the kernel rules, the dtype policy and the sums printed in).
-numeric/_autograd.py wraps each form in an autograd.Function that saves x only.
+numeric/_autograd.py wraps each form in an autograd.Function that saves x only;
+``CODE`` holds each form's functions.
 """
+from typing import Callable, NamedTuple
+
 import torch
 
 __all__ = ["dyt_forward", "dyt_forward_nobias", "dyt_backward", "dyt_jvp", "dyt_hvp", "dyt_fused_forward", "dyt_fused_backward", "dyisru_forward", "dyisru_forward_nobias", "dyisru_backward", "dyisru_jvp", "dyisru_hvp", "dyisru_fused_forward", "dyisru_fused_backward", "dyt_ln_forward", "dyt_ln_forward_nobias", "dyt_ln_backward", "dyt_ln_jvp", "dyt_ln_hvp", "dyt_ln_fused_forward", "dyt_ln_fused_backward", "dyisru_ln_forward", "dyisru_ln_forward_nobias", "dyisru_ln_backward", "dyisru_ln_jvp", "dyisru_ln_hvp", "dyisru_ln_fused_forward", "dyisru_ln_fused_backward", "derf_forward", "derf_forward_nobias", "derf_backward", "derf_jvp", "derf_hvp", "derf_fused_forward", "derf_fused_backward"]
@@ -728,3 +731,25 @@ def derf_fused_backward(grad, x, alpha, shift, weight):
     grad_weight = grad*torch.where((torch.abs(u) < 0.25), u*(t1 + t3*(-0.6666666666666666*t0 + t3*(0.2*t0 + t3*(0.009259259259259259*t0*t3 - 0.047619047619047616*t0)))), torch.erf(u))
     grad_bias = grad
     return grad_x.to(dtype), torch.sum(torch.sum(grad_alpha, 2)), torch.sum(torch.sum(grad_shift, 2)), grad_weight, torch.sum(torch.sum(grad_bias, 1, dtype=torch.float64), 0)
+
+
+class Code(NamedTuple):
+    """One form's generated functions, by role."""
+    name: str
+    forward: Callable
+    forward_nobias: Callable
+    backward: Callable
+    jvp: Callable
+    hvp: Callable
+    fused_forward: Callable
+    fused_backward: Callable
+
+
+#: form -> its functions.
+CODE = {
+    "dyt": Code("dyt", dyt_forward, dyt_forward_nobias, dyt_backward, dyt_jvp, dyt_hvp, dyt_fused_forward, dyt_fused_backward),
+    "dyisru": Code("dyisru", dyisru_forward, dyisru_forward_nobias, dyisru_backward, dyisru_jvp, dyisru_hvp, dyisru_fused_forward, dyisru_fused_backward),
+    "dyt_ln": Code("dyt_ln", dyt_ln_forward, dyt_ln_forward_nobias, dyt_ln_backward, dyt_ln_jvp, dyt_ln_hvp, dyt_ln_fused_forward, dyt_ln_fused_backward),
+    "dyisru_ln": Code("dyisru_ln", dyisru_ln_forward, dyisru_ln_forward_nobias, dyisru_ln_backward, dyisru_ln_jvp, dyisru_ln_hvp, dyisru_ln_fused_forward, dyisru_ln_fused_backward),
+    "derf": Code("derf", derf_forward, derf_forward_nobias, derf_backward, derf_jvp, derf_hvp, derf_fused_forward, derf_fused_backward),
+}

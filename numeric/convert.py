@@ -35,9 +35,6 @@ from . import calibrate as calibration
 from . import norms
 from .layers import LAYERS
 
-#: target name -> layer class.
-TARGETS = LAYERS
-
 
 def _norm_parts(m: nn.Module):
     """(C, weight or None, bias or None) of a known norm."""
@@ -179,7 +176,7 @@ def _placement(*modules: nn.Module) -> dict:
 
 def _build(old: nn.Module, to: str, keep_affine: bool, options: dict, place: dict) -> nn.Module:
     c, w, b = _lookup(KNOWN_NORMS, old).parts(old)
-    new = TARGETS[to](c, **{"bias": b is not None, **place, **options})
+    new = LAYERS[to](c, **{"bias": b is not None, **place, **options})
     with torch.no_grad():
         if keep_affine and w is not None:
             new.weight.mul_(w.to(new.weight.dtype))
@@ -285,8 +282,8 @@ def _plan(m: nn.Module, to: str, place: dict) -> tuple[dict | None, str]:
     if name is None:
         return None, why
     options = LAYOUTS[name].options
-    if not _accepts(TARGETS[to], options):
-        able = sorted(t for t, cls in TARGETS.items() if _accepts(cls, options))
+    if not _accepts(LAYERS[to], options):
+        able = sorted(t for t, cls in LAYERS.items() if _accepts(cls, options))
         given = ", ".join(f"{k}={v!r}" for k, v in options.items())
         return None, (f"it computes its norm {name}, and {to} has no such form ({given}); "
                       f"{' or '.join(able) or 'no target'} has")
@@ -313,7 +310,7 @@ def convert(model: nn.Module, to: str = "dyisru", *, keep_affine: bool = True,
             max_batches: int = _TUNING["max_batches"], **options) -> Report:
     """Replace every LayerNorm / RMSNorm in ``model`` in place; return what changed.
 
-    ``to`` is one of TARGETS; ``options`` go to the target's constructor (alpha_init=...,
+    ``to`` is one of LAYERS; ``options`` go to the target's constructor (alpha_init=...,
     bias=...). When ``model`` itself is a norm, ``report.model`` is its replacement.
 
     A subclass of a norm with a forward of its own is converted only when a probe shows it
@@ -329,8 +326,8 @@ def convert(model: nn.Module, to: str = "dyisru", *, keep_affine: bool = True,
     (``itertools.cycle(loader)``) is cut there; a warning says when an iterable had more,
     and ``report.calibration.batches`` how many were used.
     """
-    if to not in TARGETS:
-        raise ValueError(f"to must be one of {sorted(TARGETS)}, got {to!r}")
+    if to not in LAYERS:
+        raise ValueError(f"to must be one of {sorted(LAYERS)}, got {to!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     tuning = _check_calibration(calibrate, steps=steps, held_out=held_out, fit=fit,

@@ -18,7 +18,7 @@ from torch import nn
 
 import numeric
 from numeric import calibrate
-from numeric.convert import TARGETS
+from numeric.layers import LAYERS
 
 C = 16
 
@@ -86,7 +86,7 @@ def held_cosines(model, original, batches=HELD) -> torch.Tensor:
 
 # -- what the calibration does -----------------------------------------------------------------
 
-@pytest.mark.parametrize("to", sorted(TARGETS))
+@pytest.mark.parametrize("to", sorted(LAYERS))
 def test_fits_lower_each_layers_error_against_its_norm(to):
     """Every layer fits its LayerNorm better than as built; the first one (same inputs in
     both models) by the error recomputed here with torch's LayerNorm on all its tokens."""

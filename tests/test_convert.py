@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from derive.testing import assert_close
 import numeric
-from numeric.convert import TARGETS
+from numeric.layers import LAYERS
 from tests import strategies as S
 
 #: where the placement tests run: the meta device (no values) and the devices of S.DEVICES
@@ -235,13 +235,13 @@ def test_a_subclass_that_keeps_the_norms_forward_is_not_probed(monkeypatch):
 
 # -- what the new layer keeps -------------------------------------------------------------------
 
-@pytest.mark.parametrize("to", sorted(TARGETS))
+@pytest.mark.parametrize("to", sorted(LAYERS))
 def test_no_affine_parameters_stay_absent_in_the_models_dtype(to):
     """A LayerNorm without weight and bias in a bfloat16 model: the new layer is bfloat16, has
     no bias, and its weight is the target's default scale, frozen."""
     model = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8, elementwise_affine=False)).bfloat16()
     numeric.convert(model, to)
-    new, fresh = model[1], TARGETS[to](8, bias=False, dtype=torch.bfloat16)
+    new, fresh = model[1], LAYERS[to](8, bias=False, dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
     assert new.bias is None and not new.weight.requires_grad
     assert torch.equal(new.weight, fresh.weight)

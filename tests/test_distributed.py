@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import numeric
-from numeric.convert import TARGETS
+from numeric.layers import LAYERS
 from numeric.distributed import replicated_scalars
 
 WORLD = 2
@@ -70,7 +70,7 @@ def _worker(rank: int, store: str, out: str) -> None:
             model = _model(to)
             scalars = replicated_scalars(model)
             for layer in model:
-                if isinstance(layer, tuple(TARGETS.values())):
+                if isinstance(layer, tuple(LAYERS.values())):
                     fully_shard(layer, mesh=mesh, ignored_params=scalars)
             fully_shard(model, mesh=mesh, ignored_params=scalars)
             part = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)

@@ -286,11 +286,11 @@ def test_ddp_wraps_and_trains(tmp_path, device):
 
 def test_every_generated_form_has_a_layer_a_function_and_a_converter_target():
     from numeric._autograd import FUNCTIONS
-    from numeric.convert import TARGETS
+    from numeric.layers import LAYERS as BY_FORM
     from numeric.generated.forms import FORMS
 
-    assert set(FUNCTIONS) == set(TARGETS) == set(FORMS)
+    assert set(FUNCTIONS) == set(BY_FORM) == set(FORMS)
     for name, form in FORMS.items():
-        layer = TARGETS[name](4)
+        layer = BY_FORM[name](4)
         assert [n for n, _ in layer.named_parameters() if n not in ("weight", "bias")] == [
             "log_beta" if p == "beta" else p for p in form.scalars]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .backends import RUN, choose, compute_dtype
+from .backends import RUN, cast, choose, compute_dtype
 from .generated.layers import CODE
 from .generated import norms as N
 from .generated.forms import FORMS
@@ -66,41 +66,42 @@ def _sum_like(g: torch.Tensor, x: torch.Tensor, like: torch.Tensor) -> torch.Ten
 class FormFunction(torch.autograd.Function):
     """y = weight * f(x; scalars) + bias for the form named by the subclass's ``form``.
 
-    apply(x, weight, bias, *scalars): x (..., C); weight (C,); bias (C,) or None; each
-    scalar 0-dim, in the order of FORMS[form].scalars.
+    apply(x, *scalars, weight, bias), the generated functions' order: x (..., C); each
+    scalar 0-dim, in the order of FORMS[form].scalars; weight (C,); bias (C,) or None.
     """
 
     form: str
     code: object                    # the form's generated functions (CODE[form])
+    backward_function: type         # its FormBackward
     generate_vmap_rule = True
 
     @classmethod
-    def forward(cls, x, weight, bias, *scalars):
+    def forward(cls, x, *args):
+        *scalars, weight, bias = args
         return RUN[choose(x)][0](cls.code, x, scalars, weight, bias)
 
     @classmethod
     def setup_context(cls, ctx, inputs, output):
-        x, weight, bias, *scalars = inputs
-        ctx.save_for_backward(x, weight, *scalars)
-        ctx.save_for_forward(x, weight, *scalars)
+        *saved, bias = inputs                     # x, *scalars, weight
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
         ctx.bias_dtype = None if bias is None else bias.dtype
 
     @classmethod
     def backward(cls, ctx, grad):
-        x, weight, *scalars = ctx.saved_tensors
         # Differentiable (create_graph=True: grad mode is on) through the Function of the
         # backward; a first-order backward computes the same values without one.
-        run = (BACKWARD[cls.form].apply if torch.is_grad_enabled()
-               else BACKWARD[cls.form].forward)
-        gx, gw, gb, *gs = run(grad, x, weight, *scalars)
+        second = cls.backward_function
+        run = second.apply if torch.is_grad_enabled() else second.forward
+        *grads, gb = run(grad, *ctx.saved_tensors)  # grad_x, *grad_scalars, grad_weight
         need = ctx.needs_input_grad
-        gb = gb.to(ctx.bias_dtype) if ctx.bias_dtype is not None and need[2] else None
-        return (gx if need[0] else None, gw if need[1] else None, gb,
-                *(g if n else None for g, n in zip(gs, need[3:])))
+        gb = cast(gb, ctx.bias_dtype) if ctx.bias_dtype is not None and need[-1] else None
+        return (*(g if n else None for g, n in zip(grads, need)), gb)
 
     @classmethod
-    def jvp(cls, ctx, x_t, weight_t, bias_t, *scalars_t):
-        x, weight, *scalars = ctx.saved_tensors
+    def jvp(cls, ctx, x_t, *tangents):
+        *scalars_t, weight_t, bias_t = tangents
+        x, *scalars, weight = ctx.saved_tensors
         ct = compute_dtype(x.dtype)
         args = [t.to(ct) for t in (*scalars, weight)]
         tangents = [_or_zero(t, x) for t in (x_t, *scalars_t, weight_t)]
@@ -114,8 +115,9 @@ class FormBackward(torch.autograd.Function):
     """The backward of a FormFunction as a Function of its own: its forward is the first
     derivatives (through the backend), its backward and jvp the second (op by op).
 
-    apply(grad, x, weight, *scalars) -> (grad_x, grad_weight, grad_bias, *grad_scalars),
-    each in its input's dtype (grad_bias in the compute dtype; the caller casts it).
+    apply(grad, x, *scalars, weight) -> (grad_x, *grad_scalars, grad_weight, grad_bias),
+    the generated backward's order, each in its input's dtype (grad_bias in the compute
+    dtype; the caller casts it).
     """
 
     form: str
@@ -123,11 +125,11 @@ class FormBackward(torch.autograd.Function):
     generate_vmap_rule = True
 
     @classmethod
-    def forward(cls, grad, x, weight, *scalars):
+    def forward(cls, grad, x, *args):
+        *scalars, weight = args
         gx, gs, gw, gb = RUN[choose(x)][1](cls.code, grad, x, scalars, weight)
-        ct = compute_dtype(x.dtype)
-        return (gx, gw.to(weight.dtype), gb.to(ct),
-                *(g.to(s.dtype) for g, s in zip(gs, scalars)))
+        return (gx, *(cast(g, s.dtype) for g, s in zip(gs, scalars)), cast(gw, weight.dtype),
+                cast(gb, compute_dtype(x.dtype)))
 
     @classmethod
     def setup_context(cls, ctx, inputs, output):
@@ -156,8 +158,9 @@ class FormBackward(torch.autograd.Function):
         return h_x, h_w, h_s
 
     @classmethod
-    def backward(cls, ctx, c_x, c_w, c_b, *c_s):
-        grad, x, weight, *scalars = ctx.saved_tensors
+    def backward(cls, ctx, c_x, *cotangents):
+        *c_s, c_w, c_b = cotangents
+        grad, x, *scalars, weight = ctx.saved_tensors
         ct = compute_dtype(x.dtype)
         h_x, h_w, h_s = cls._second(grad, x, weight, scalars, c_x, c_w, c_s)
         # d(outputs . c)/d grad: the first derivatives along c, i.e. the forward-mode product.
@@ -167,74 +170,73 @@ class FormBackward(torch.autograd.Function):
         if c_b is not None:
             d_grad = d_grad + c_b.to(ct)
         return (d_grad.expand(x.shape).to(grad.dtype), h_x.expand(x.shape).to(x.dtype),
-                _sum_like(h_w, x, weight), *(_sum_like(h, x, s) for h, s in zip(h_s, scalars)))
+                *(_sum_like(h, x, s) for h, s in zip(h_s, scalars)), _sum_like(h_w, x, weight))
 
     @classmethod
-    def jvp(cls, ctx, grad_t, x_t, weight_t, *scalars_t):
-        grad, x, weight, *scalars = ctx.saved_tensors
+    def jvp(cls, ctx, grad_t, x_t, *tangents):
+        *scalars_t, weight_t = tangents
+        grad, x, *scalars, weight = ctx.saved_tensors
         ct = compute_dtype(x.dtype)
         h_x, h_w, h_s = cls._second(grad, x, weight, scalars, x_t, weight_t, scalars_t)
         g_t = _or_zero(grad_t, x).expand(x.shape)
         args = [t.to(ct) for t in (*scalars, weight)]
         f_x, *f_s, f_w = cls.code.backward(g_t, _clamped(x), *args)
-        return ((f_x + h_x).expand(x.shape).to(x.dtype), _sum_like(f_w + h_w, x, weight),
-                _sum_like(g_t, x, weight.detach().to(ct)),
-                *(_sum_like(f + h, x, s) for f, h, s in zip(f_s, h_s, scalars)))
+        return ((f_x + h_x).expand(x.shape).to(x.dtype),
+                *(_sum_like(f + h, x, s) for f, h, s in zip(f_s, h_s, scalars)),
+                _sum_like(f_w + h_w, x, weight), _sum_like(g_t, x, weight.detach().to(ct)))
 
 
 # -- one named pair per form -------------------------------------------------------------------
-
-class DyTFunction(FormFunction):
-    """DyT: weight * tanh(alpha x) + bias."""
-    form, code = "dyt", CODE["dyt"]
-
 
 class DyTBackward(FormBackward):
     form, code = "dyt", CODE["dyt"]
 
 
-class DyISRUFunction(FormFunction):
-    """DyISRU: weight * x / sqrt(beta + x^2) + bias."""
-    form, code = "dyisru", CODE["dyisru"]
+class DyTFunction(FormFunction):
+    """DyT: weight * tanh(alpha x) + bias."""
+    form, code, backward_function = "dyt", CODE["dyt"], DyTBackward
 
 
 class DyISRUBackward(FormBackward):
     form, code = "dyisru", CODE["dyisru"]
 
 
-class DyTLNFunction(FormFunction):
-    """DyT's LayerNorm form: weight * tanh(alpha (x - shift)) + bias."""
-    form, code = "dyt_ln", CODE["dyt_ln"]
+class DyISRUFunction(FormFunction):
+    """DyISRU: weight * x / sqrt(beta + x^2) + bias."""
+    form, code, backward_function = "dyisru", CODE["dyisru"], DyISRUBackward
 
 
 class DyTLNBackward(FormBackward):
     form, code = "dyt_ln", CODE["dyt_ln"]
 
 
-class DyISRULNFunction(FormFunction):
-    """DyISRU's LayerNorm form: weight * (x - shift) / sqrt(beta + (x - shift)^2) + bias."""
-    form, code = "dyisru_ln", CODE["dyisru_ln"]
+class DyTLNFunction(FormFunction):
+    """DyT's LayerNorm form: weight * tanh(alpha (x - shift)) + bias."""
+    form, code, backward_function = "dyt_ln", CODE["dyt_ln"], DyTLNBackward
 
 
 class DyISRULNBackward(FormBackward):
     form, code = "dyisru_ln", CODE["dyisru_ln"]
 
 
-class DerfFunction(FormFunction):
-    """Derf: weight * erf(alpha x + shift) + bias."""
-    form, code = "derf", CODE["derf"]
+class DyISRULNFunction(FormFunction):
+    """DyISRU's LayerNorm form: weight * (x - shift) / sqrt(beta + (x - shift)^2) + bias."""
+    form, code, backward_function = "dyisru_ln", CODE["dyisru_ln"], DyISRULNBackward
 
 
 class DerfBackward(FormBackward):
     form, code = "derf", CODE["derf"]
 
 
-#: form -> its Function and the Function of its backward.
+class DerfFunction(FormFunction):
+    """Derf: weight * erf(alpha x + shift) + bias."""
+    form, code, backward_function = "derf", CODE["derf"], DerfBackward
+
+
+#: form -> its Function (its backward's: ``backward_function``).
 FUNCTIONS = {c.form: c for c in (DyTFunction, DyISRUFunction, DyTLNFunction, DyISRULNFunction,
                                  DerfFunction)}
-BACKWARD = {c.form: c for c in (DyTBackward, DyISRUBackward, DyTLNBackward, DyISRULNBackward,
-                                DerfBackward)}
-assert set(FUNCTIONS) == set(BACKWARD) == set(FORMS), "every generated form needs its Functions"
+assert set(FUNCTIONS) == set(FORMS), "every generated form needs its Functions"
 #: form -> its Function's eager apply (eager_apply).
 EAGER = {form: eager_apply(c) for form, c in FUNCTIONS.items()}
 
@@ -245,26 +247,26 @@ class TracedFunction(torch.autograd.Function):
     nor a backward that is a Function with one, and a compiled graph has no double backward
     or forward mode of its own.
 
-    apply(form, x, weight, bias, *scalars).
+    apply(form, x, *scalars, weight, bias).
     """
 
     @staticmethod
-    def forward(form, x, weight, bias, *scalars):
+    def forward(form, x, *args):
+        *scalars, weight, bias = args
         return RUN[choose(x)][0](CODE[form], x, scalars, weight, bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        form, x, weight, bias, *scalars = inputs
-        ctx.save_for_backward(x, weight, *scalars)
+        form, *saved, bias = inputs               # x, *scalars, weight
+        ctx.save_for_backward(*saved)
         ctx.form, ctx.bias_dtype = form, None if bias is None else bias.dtype
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight, *scalars = ctx.saved_tensors
+        x, *scalars, weight = ctx.saved_tensors
         gx, gs, gw, gb = RUN[choose(x)][1](CODE[ctx.form], grad, x, scalars, weight)
-        return (None, gx, gw.to(weight.dtype),
-                None if ctx.bias_dtype is None else gb.to(ctx.bias_dtype),
-                *(g.to(s.dtype) for g, s in zip(gs, scalars)))
+        return (None, gx, *(g.to(s.dtype) for g, s in zip(gs, scalars)), gw.to(weight.dtype),
+                None if ctx.bias_dtype is None else gb.to(ctx.bias_dtype))
 
 
 # -- the reference norms -------------------------------------------------------------------

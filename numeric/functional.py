@@ -122,12 +122,12 @@ def _call(name: str, x, scalars, weight, bias):
     bias = _channels(bias, "bias", x, optional=True)
     ss = [_scalar(v, p, x) for v, p in zip(scalars, FORMS[name].scalars)]
     if torch.compiler.is_compiling():
-        return TracedFunction.apply, (name, x, weight, bias, *ss)
+        return TracedFunction.apply, (name, x, *ss, weight, bias)
     if torch._C._are_functorch_transforms_active():
-        return FUNCTIONS[name].apply, (x, weight, bias, *ss)
+        return FUNCTIONS[name].apply, (x, *ss, weight, bias)
     if not _differentiated(x, weight, bias, ss):
         return RUN[choose(x)][0], (CODE[name], x, ss, weight, bias)
-    return EAGER[name], unwrap_dead_wrappers((x, weight, bias, *ss))
+    return EAGER[name], unwrap_dead_wrappers((x, *ss, weight, bias))
 
 
 def dyt(x, alpha, weight, bias=None):

@@ -17,7 +17,7 @@ from functools import cache
 import sympy as sp
 
 from .catalog import result
-from .rules import RULES, Rewritten, application_obligation
+from .rules import RULES, Rewritten, application_obligation, isru_sites, safety_rewrite
 from .steps import Step, check, equal, limit
 from .symbols import alpha, beta, bias, grad, m, mu, shift, weight, x, z
 
@@ -117,9 +117,18 @@ _RULE_ARGS = {"sech2": lambda form: (),
               "isru_hypot": lambda form: (form.var, form.var, form.scalars[0])}
 
 
+@cache
+def _sites(form: Form) -> tuple:
+    """Where isru_hypot applies in a user's formula (one h, q, p for all its functions)."""
+    return isru_sites(form.in_var(form.layer), form.var)
+
+
 def _rewrite(form: Form, e: sp.Expr) -> Rewritten:
-    """Apply the form's safety rule to e and check the application."""
+    """Apply the form's safety rule to e and check the application; a user's formula gets
+    every safety rule wherever its pattern occurs (rules.safety_rewrite)."""
     e = form.in_var(e)
+    if form.formula is not None:
+        return safety_rewrite(e, form.var, form.name, _sites(form))
     if form.rule is None:
         return Rewritten(e)
     rule = RULES[form.rule]

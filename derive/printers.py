@@ -176,7 +176,14 @@ class TorchPrinter(ElementwisePrinter):
     _print_tanh = _print_cosh = _print_exp = _print_Abs = _print_erf = \
         ElementwisePrinter._print_Function
     _print_sign = ElementwisePrinter._print_Function  # PythonCodePrinter's is scalar code
-    _print_Hypot = ElementwisePrinter._print_Function
+
+    def _print_Hypot(self, expr):
+        """hypot(a, b), a number argument as a tensor like the other (hypot(1, x) of a
+        user's sqrt(1 + x^2): the module's hypot takes tensors)."""
+        a, b = expr.args
+        return "hypot({}, {})".format(*(
+            f"torch.full_like({self._print(other)}, {self._print(v)})" if v.is_number
+            else self._print(v) for v, other in ((a, b), (b, a))))
 
     def _print_ChannelSum(self, expr):
         return f"torch.sum({self._print(expr.args[0])}, dim=-1, keepdim=True)"

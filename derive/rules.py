@@ -151,6 +151,82 @@ def apply_isru_hypot(expr: sp.Expr, z: sp.Expr, var: sp.Symbol, a: sp.Symbol) ->
     return Rewritten(e, {s: v for s, v in defs.items() if s == H or e.has(s)})
 
 
+# -- isru_hypot wherever its pattern occurs (a user's formula) ------------------------------
+
+@dataclass(frozen=True)
+class Site:
+    """One place for isru_hypot: a power base^k (k not a positive integer) whose base is
+    a + z^2, z = sqrt(b) (var - c) linear in var, b > 0 and a not negative."""
+
+    base: sp.Expr
+    z: sp.Expr
+    a: sp.Expr
+
+
+def _site(base: sp.Expr, var: sp.Symbol) -> Site | None:
+    """base as a + z^2 (a Site), or None."""
+    if not (base.is_Add and base.has(var)):
+        return None
+    try:
+        poly = sp.Poly(base, var)
+    except sp.PolynomialError:
+        return None
+    if poly.degree() != 2 or any(cf.has(var) for cf in poly.all_coeffs()):
+        return None
+    b, b1, b0 = poly.all_coeffs()
+    if b.is_positive is not True:
+        return None
+    c = sp.simplify(-b1 / (2 * b))
+    a = sp.simplify(b0 - b1**2 / (4 * b))
+    if a.is_zero or a.is_negative:
+        return None
+    z = sp.sqrt(b) * (var - c)
+    return Site(base, var if z == var else z, a)
+
+
+def isru_sites(expr: sp.Expr, var: sp.Symbol) -> tuple[Site, ...]:
+    """Every distinct base a + z^2 that expr raises to a power other than a positive integer
+    (where a literal square overflows or a derivative cancels), in a fixed order."""
+    found = {}
+    for e in sp.preorder_traversal(expr):
+        if e.is_Pow and not (e.exp.is_Integer and e.exp > 0) and e.exp.is_Rational:
+            s = _site(e.base, var)
+            if s is not None:
+                found.setdefault(s.base, s)
+    return tuple(found[b] for b in sorted(found, key=sp.default_sort_key))
+
+
+def _masked(expr: sp.Expr, var: sp.Symbol):
+    """expr with each function of var (tanh(x), cosh(x)^-2's cosh, |x|) replaced by a
+    symbol, and the map back: the rule rewrites the algebra around them, not their
+    arguments."""
+    calls = {f for f in expr.atoms(sp.Function) if f.has(var)}
+    outer = sorted((f for f in calls if not any(g != f and g.has(f) for g in calls)),
+                   key=sp.default_sort_key)
+    names = {f: sp.Dummy("f") for f in outer}
+    return expr.xreplace(names), {v: k for k, v in names.items()}
+
+
+def apply_isru_hypot_at(expr: sp.Expr, var: sp.Symbol, site: Site) -> Rewritten:
+    """isru_hypot at one site of any expression: expr in h = hypot(sqrt(a), z), q = z/h,
+    p = sqrt(a)/h, its powers of q^2 written 1 - p^2 and the whole factored over them (no
+    1/h - x^2/h^3: the derivative of x/sqrt(1 + x^2) is p^2/h). A function of var is kept
+    as it is, its argument rewritten where it holds the site."""
+    masked, back = _masked(expr, var)
+    e = masked.subs(site.base, site.a + site.z**2)
+    if site.a.is_Symbol:
+        r = apply_isru_hypot(e, site.z, var, site.a)
+    else:   # a number or an expression: p = sqrt(a)/h where q^2 = 1 - p^2 brings it in
+        a = sp.Dummy("a", positive=True)
+        r = apply_isru_hypot(e.subs(site.a + site.z**2, a + site.z**2), site.z, var, a)
+        r = Rewritten(r.expr.subs(a, site.a), r.defs)
+    inner = {d: f.func(*(apply_isru_hypot_at(arg, var, site).expr if arg.has(site.base)
+                         else arg for arg in f.args)) for d, f in back.items()}
+    out = r.expr.xreplace(inner)
+    defs = {H: Hypot(sp.sqrt(site.a), site.z), Q: site.z / H, P: sp.sqrt(site.a) / H}
+    return Rewritten(out, {s: v for s, v in defs.items() if s == H or out.has(s)})
+
+
 def _proof_isru_hypot():
     z = symbols.z
     a = sp.Symbol("a", positive=True)
@@ -478,6 +554,28 @@ RULES: dict[str, Rule] = {
 def application_obligation(rule: str, before: sp.Expr, after: Rewritten) -> Obligation:
     """The check of one application: unfolded, the rewritten expression is the original."""
     return equal(f"{rule} preserves the expression", after.unfolded(), before)
+
+
+# -- the safety rules wherever their pattern occurs, each application checked --------------
+
+def safety_rewrite(expr: sp.Expr, var: sp.Symbol, where: str,
+                   sites: tuple[Site, ...] | None = None) -> Rewritten:
+    """Every safety rule whose pattern occurs in expr, applied and checked: sech2 at each
+    1 - tanh(u)^2, isru_hypot at the first of ``sites`` (the form's, so that every function
+    of one form names the same h, q, p; default: expr's own) that expr holds. A second
+    base a' + z'^2 is left as written (one h per form)."""
+    r, out = Rewritten(expr), apply_sech2(expr)
+    if out.expr != expr:
+        check(Step(f"{where}:sech2", out.expr, RULES["sech2"].fixes,
+                   (application_obligation("sech2", expr, out),)))
+        r = out
+    sites = isru_sites(expr, var) if sites is None else sites
+    if sites and r.expr.has(sites[0].base):
+        out = apply_isru_hypot_at(r.expr, var, sites[0])
+        check(Step(f"{where}:isru_hypot", out.expr, RULES["isru_hypot"].fixes,
+                   (application_obligation("isru_hypot", r.expr, out),)))
+        r = Rewritten(out.expr, {**r.defs, **out.defs})
+    return r
 
 
 # -- applying the template rules, each application checked ----------------------------------

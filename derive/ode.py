@@ -64,7 +64,16 @@ def _bound(Fv: sp.Expr):
 
 def _real_logs(H: sp.Expr) -> sp.Expr:
     """log(arg) -> log(-arg) where arg < 0 on (0, 1): the same derivative, real there."""
-    return H.replace(sp.log, lambda a: sp.log(-a) if a.subs(u, _HALF) < 0 else sp.log(a))
+    def real(a):
+        negative = a.subs(u, _HALF).is_negative
+        if negative is None:    # SymPy cannot tell: no closed form is claimed
+            return _Undecided(a)
+        return sp.log(-a) if negative else sp.log(a)
+    return H.replace(sp.log, real)
+
+
+class _Undecided(sp.Function):
+    """A log whose argument's sign on (0, 1) SymPy cannot decide (_real_logs)."""
 
 
 def _atanh(H: sp.Expr) -> sp.Expr:
@@ -97,14 +106,21 @@ def antiderivative(F: sp.Expr) -> Separated:
     k, r = sp.factor(scale / F.subs(y, scale * u)).as_independent(u, as_Add=False)
     if k.could_extract_minus_sign():
         k, r = -k, -r
-    if r.free_symbols <= {u} and r.is_rational_function(u):
-        H = sp.integrate(r, u)
-        if a is not None:  # logs real on the branch 0 < u < 1
-            H = _atanh(_real_logs(H))
+    H = _integral(r) if r.free_symbols <= {u} and r.is_rational_function(u) else None
+    if H is not None and a is not None:  # logs real on the branch 0 < u < 1
+        H = _atanh(_real_logs(H))
+    if H is not None and not H.has(_Undecided):
         H = H - H.subs(u, 0)
         G = sp.factor_terms(sp.expand(k * H.subs(u, y / scale)))
         return Separated(F, G, a, even, k, H)
     return Separated(F, sp.Integral(1 / F.subs(y, v), (v, 0, y)), a, even)
+
+
+def _integral(r: sp.Expr) -> sp.Expr | None:
+    """int r du in elementary functions, or None: a sum over the roots of a polynomial
+    (RootSum: 1/(1 - u^7) has roots SymPy writes in no radicals) is no closed form here."""
+    H = sp.integrate(r, u)
+    return None if H.has(sp.RootSum, sp.Integral) else H
 
 
 def separate(F: sp.Expr, x0: sp.Expr, name: str = "separate_variables") -> tuple[Step, Separated]:

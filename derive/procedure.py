@@ -41,7 +41,10 @@ def _free_bases(xs, *exprs) -> dict:
     replaced by a free positive r holds for every r, so also at the base's value: a
     stronger claim, rational in the channels, that SymPy cancels at once instead of
     simplifying roots, and where a positive scale is positive. Bases equal up to a
-    constant factor (B and 2 B) share their r.
+    constant factor (B and 2 B) share their r; a base that factors into positive factors
+    over two channels or more gets one r per factor, so that a denominator (eps + tau)^2
+    next to a root of eps + tau is r^2 beside r (with a free symbol each the claim would
+    be stronger than the identity, and false).
     """
     bases = set()
     for e in exprs:
@@ -49,10 +52,40 @@ def _free_bases(xs, *exprs) -> dict:
             if (not pw.exp.is_integer or pw.exp.is_negative) \
                     and len(pw.base.free_symbols & set(xs)) >= 2:
                 bases.add(pw.base)
-    split = {b: sp.factor(b).as_coeff_Mul() for b in bases}
-    cores = sorted({core for _, core in split.values()}, key=sp.default_sort_key)
+    split = {b: _positive_factors(b, xs) for b in bases}
+    multi = lambda f: len(f.free_symbols & set(xs)) >= 2  # noqa: E731
+    cores = sorted({f for _, fs in split.values() for f, _ in fs if multi(f)},
+                   key=sp.default_sort_key)
     free = {core: sp.Symbol(f"r{k}", positive=True) for k, core in enumerate(cores)}
-    return {b: c * free[core] for b, (c, core) in split.items()}
+    return {b: c * sp.Mul(*((free[f] if multi(f) else f) ** k for f, k in fs))
+            for b, (c, fs) in split.items()}
+
+
+def _positive_factors(b: sp.Expr, xs) -> tuple[sp.Expr, list]:
+    """b = c * prod f^k: (c, [(f, k)]), every f over two channels or more positive; or
+    (c, [(core, 1)]) where one is not known to be. Powers of |x_j| are factored as powers
+    of one positive generator (sqrt|x_j|^2 = |x_j|)."""
+    gens, back = {}, {}
+    for xj in xs:
+        exps = [q.exp for q in b.atoms(sp.Pow) if q.base == sp.Abs(xj)] + [sp.S.One]
+        d = sp.ilcm(1, *(sp.S(e).q for e in exps if sp.S(e).is_Rational))
+        if d > 1 and b.has(sp.Abs(xj)):
+            g = sp.Dummy(f"g{xj}", positive=True)
+            gens[xj], back[g] = (g, d), sp.Abs(xj) ** sp.Rational(1, d)
+    e = b
+    for xj, (g, d) in gens.items():
+        e = e.replace(lambda q: q.is_Pow and q.base == sp.Abs(xj), lambda q: g ** (q.exp * d))
+        e = e.xreplace({sp.Abs(xj): g**d})
+    c, core = sp.factor(e).as_coeff_Mul()
+    fs = [(f.base, int(f.exp)) if f.is_Pow and f.exp.is_Integer and f.exp > 0 else (f, 1)
+          for f in sp.Mul.make_args(core)]
+    multi = [f for f, _ in fs if len(f.free_symbols & (set(xs) | set(back))) >= 2]
+    if len(fs) > 1 or fs[0][1] > 1:
+        if not all(f.is_positive for f in multi):
+            fs = [(core, 1)]
+    else:
+        fs = [(core, 1)]
+    return c, [(f.xreplace(back), k) for f, k in fs]
 
 
 def _with_free_bases(e, bases: dict):

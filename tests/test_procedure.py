@@ -257,3 +257,48 @@ def test_derive_never_runs_the_text(tmp_path, capsys):
     marker = tmp_path / "ran"
     rc, _, err = run(capsys, "derive", f"__import__('os').system('touch {marker}') or x")
     assert rc == 2 and "not allowed" in err and not marker.exists()
+
+
+# -- norms whose checks SymPy finds hard ---------------------------------------------------------
+
+def test_a_correct_jacobian_is_not_reported_as_a_failed_proof():
+    """y = x / (mean(|x|^(1/2)) + epsilon)^2: the denominator is the square of the root's
+    base. The diagonal entry against sympy.diff of the explicit C = 2 vector at three points."""
+    cp = counterparts("x/(mean(abs(x)**(1/2))+epsilon)**2")
+    entry = cp.jacobian_diag                          # raised "obligation failed" before
+    (tau,) = entry.free_symbols - {y, C, epsilon}
+    x0, x1 = sp.symbols("x0 x1", real=True)
+    r = (sp.sqrt(sp.Abs(x0)) + sp.sqrt(sp.Abs(x1))) / 2
+    y0 = x0 / (r + epsilon) ** 2
+    for a, b, e in [(sp.Rational(3, 7), sp.Rational(-5, 3), sp.Rational(1, 10)),
+                    (sp.Rational(-11, 4), sp.Rational(2, 9), sp.Rational(1, 3)),
+                    (sp.Rational(7, 5), sp.Rational(13, 6), sp.Rational(1, 100))]:
+        at = {x0: a, x1: b, epsilon: e}
+        want = sp.diff(y0, x0).subs(at)
+        got = entry.subs({y: y0.subs(at), tau: r.subs(at), C: 2, epsilon: e})
+        assert abs(sp.N(got - want, 40)) < sp.Float(10) ** -30, at
+
+
+def test_p_7_derives_every_route():
+    """p = 7: 1/(1 - u^7) integrates to a RootSum, whose logs' signs SymPy cannot decide
+    (it stopped with "cannot determine truth value of Relational"); p = 3, 5, 6 worked."""
+    cp = counterparts("x/(mean(abs(x)**7)+epsilon)**(1/7)")
+    assert [st.name for st in cp.steps][-1] == "promote_beta"
+    assert all(c.ok for st in cp.steps for c in st.checks)
+    relation = cp.derivative_space_form
+    # the frozen ODE dy/dx = (1/sigma)(1 - |y|^7/C) at sigma = 1, C = 2, from y(0) = 0
+    F = cp.freeze.expr.rhs.subs(sp.Function("y")(x), y)
+    for yv in (sp.Rational(3, 5), sp.Rational(-7, 4)):
+        assert F.subs({y: yv, C: 2, sigma: 1}) == 1 - abs(yv) ** 7 / 2
+    with mpmath.workdps(30):
+        sol = mpmath.odefun(lambda t, v: 1 - abs(v) ** 7 / 2, 0, 0)
+        at = {C: 2, sigma: 1, x: sp.Rational(1, 2)}
+        yv = sp.Float(sol(mpmath.mpf(1) / 2), 30)
+        value = (relation.lhs - relation.rhs) if isinstance(relation, sp.Eq) else \
+            relation - y
+        assert abs(sp.N(value.subs(at).subs(y, yv), 25)) < 1e-15
+
+
+def test_derive_p_7_prints_the_derivation(capsys):
+    rc, out, err = run(capsys, "derive", "x/(mean(abs(x)**7)+epsilon)**(1/7)", "--format", "text")
+    assert rc == 0 and not err and "promote_beta" in out and "integrate" in out

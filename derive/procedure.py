@@ -15,13 +15,13 @@ Every step is a :class:`~derive.steps.Step` whose obligations are checked as it 
 """
 from __future__ import annotations
 
-from functools import cache, cached_property
+from functools import cache, cached_property, wraps
 
 import sympy as sp
 
 from . import ode
 from .statistics import Norm, ProcedureError, Split
-from .steps import Step, abs_products as _abs_products, check, equal
+from .steps import DerivationError, Step, abs_products as _abs_products, check, equal
 from .symbols import (ASSUMPTIONS, C, C_AT_LEAST_2, alpha, beta, epsilon, gamma, mu, n, parse,
                       s, sigma, symbol, x, x_k, y, y_k, z)
 
@@ -111,6 +111,24 @@ def _and(words: list[str]) -> str:
 def _at_least_2(e: sp.Expr, simplify=sp.simplify) -> sp.Expr:
     """Simplify with C = n + 1, n >= 1 (a norm over one channel has no other channel)."""
     return simplify(e.subs(C_AT_LEAST_2)).subs(n, C - 1)
+
+
+def _step(name: str):
+    """A step's maker, whose own SymPy failure (a TypeError from a comparison SymPy cannot
+    decide, say) becomes a ProcedureError naming the step; the steps that do not need it
+    are still made."""
+    def wrap(fn):
+        @wraps(fn)
+        def made(self):
+            try:
+                return fn(self)
+            except (ProcedureError, DerivationError):
+                raise
+            except Exception as e:  # noqa: BLE001  SymPy gave up inside this step
+                raise ProcedureError(f"step {name!r}: SymPy failed "
+                                     f"({type(e).__name__}: {e})") from e
+        return made
+    return wrap
 
 
 class Counterparts:
@@ -206,6 +224,7 @@ class Counterparts:
                         for f in sp.Mul.make_args(body)))
 
     @cached_property
+    @_step('per_channel')
     def per_channel(self) -> Step:
         form = self.per_channel_form
         notes = "; ".join(self.norm.per_channel_names[2])
@@ -230,6 +249,7 @@ class Counterparts:
         return self.norm.body.xreplace(self.norm.values(self.norm.pair_split(x_k)))
 
     @cached_property
+    @_step('split_channels')
     def split(self) -> Step:
         consts = ", ".join(f"{t} = sum of {g.subs(x, sp.Symbol('x_j'))}"
                            for g, t in self.norm.pair_constants.items())
@@ -316,10 +336,12 @@ class Counterparts:
             _with_free_bases(got, bases), _with_free_bases(want, bases))
 
     @cached_property
+    @_step('jacobian_diag')
     def jacobian_diag_step(self) -> Step:
         return self._jacobian(True)
 
     @cached_property
+    @_step('jacobian_offdiag')
     def jacobian_offdiag_step(self) -> Step:
         return self._jacobian(False)
 
@@ -348,6 +370,7 @@ class Counterparts:
         return self._frozen_values(self._per_channel_values)
 
     @cached_property
+    @_step('decouple_derivative_space')
     def decouple(self) -> Step:
         diag = self.jacobian_diag
         rhs = diag.subs(self.frozen_values)
@@ -361,6 +384,7 @@ class Counterparts:
         ))
 
     @cached_property
+    @_step('freeze')
     def freeze(self) -> Step:
         F = self.jacobian_diag
         names = _names(self._frozen_names)
@@ -381,6 +405,7 @@ class Counterparts:
         return self.freeze.expr
 
     @cached_property
+    @_step('separate_variables')
     def _separated(self):
         return ode.separate(self.jacobian_diag, self.shift)
 
@@ -389,6 +414,7 @@ class Counterparts:
         return self._separated[0]
 
     @cached_property
+    @_step('integrate')
     def _solved(self):
         self.freeze  # noqa: B018  (the frozen ODE is checked before it is solved)
         return ode.solve(self._separated[1], self.shift)
@@ -411,6 +437,7 @@ class Counterparts:
         return None if self._solved[1] is not None else self._solved[0].expr
 
     @cached_property
+    @_step('identify_parameters')
     def _read_off(self):
         """gamma f(alpha (x - x0)) with gamma the bound: (form, {alpha, gamma}) or None."""
         sol, x0, bound = self._solved[1], self.shift, self._separated[1].bound
@@ -459,6 +486,7 @@ class Counterparts:
     # -- 4. function space -----------------------------------------------------------------------
 
     @cached_property
+    @_step('promote_beta')
     def _promoted(self):
         """(form, {beta: ...}): the x-free part of the one radicand promoted to beta."""
         x0 = self._root

@@ -302,3 +302,21 @@ def test_p_7_derives_every_route():
 def test_derive_p_7_prints_the_derivation(capsys):
     rc, out, err = run(capsys, "derive", "x/(mean(abs(x)**7)+epsilon)**(1/7)", "--format", "text")
     assert rc == 0 and not err and "promote_beta" in out and "integrate" in out
+
+
+def test_sympy_failing_inside_a_step_names_the_step(monkeypatch, capsys):
+    """A SymPy error inside one step is one line naming that step; the steps that do not
+    need it are still made."""
+    from derive import ode
+
+    def fails(r):
+        raise TypeError("cannot determine truth value of Relational: 1/2 - 7*_t < 0")
+    monkeypatch.setattr(ode, "_integral", fails)
+    text = "x/(mean(abs(x)**3)+2*epsilon)**(1/3)"
+    cp = counterparts(text)
+    with pytest.raises(ValueError, match=r"step 'separate_variables': SymPy failed \(TypeError"):
+        cp.derivative_space  # noqa: B018
+    assert cp.jacobian_diag.has(sigma) and cp.function_space.has(beta)
+    rc, out, err = run(capsys, "derive", text)
+    assert rc == 2 and "step 'separate_variables': SymPy failed" in err
+    assert len(err.strip().splitlines()) == 1

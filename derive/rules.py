@@ -121,6 +121,37 @@ def apply_sech2(expr: sp.Expr) -> Rewritten:
     return Rewritten(expr.replace(lambda e: _tanh2_term(e) is not None, repl))
 
 
+def _sech2_pair(terms: list):
+    """(k, -k tanh(u)^2, u) for two of the terms of a sum, or None."""
+    for t in terms:
+        for f in sp.Mul.make_args(t):
+            if f.is_Pow and f.exp == 2 and f.base.func == sp.tanh:
+                k = -t / f
+                if k != t and k in terms:
+                    return k, t, f.base.args[0]
+    return None
+
+
+def _sech2_in_sum(e: sp.Expr) -> sp.Expr:
+    """Every pair k - k tanh(u)^2 among the terms of the sum e -> k/cosh(u)^2."""
+    terms = list(e.args)
+    while (pair := _sech2_pair(terms)) is not None:
+        k, t, u = pair
+        terms.remove(k)
+        terms.remove(t)
+        terms.append(k * sp.cosh(u) ** -2)
+    return sp.Add(*terms)
+
+
+def apply_sech2_anywhere(expr: sp.Expr) -> Rewritten:
+    """sech2 wherever its pattern occurs: also among the terms of a longer sum (the
+    derivative of tanh(x) + x/sqrt(1 + x^2) is 1 - tanh(x)^2 + ..., and w - w tanh(u)^2
+    once the weight is multiplied in)."""
+    e = apply_sech2(expr).expr
+    return Rewritten(e.replace(lambda t: t.is_Add and _sech2_pair(list(t.args)) is not None,
+                               _sech2_in_sum))
+
+
 def _proof_sech2():
     u = sp.Symbol("u", real=True)
     return [equal("1 - tanh(u)^2 = 1/cosh(u)^2", 1 - sp.tanh(u) ** 2, sp.cosh(u) ** -2),
@@ -156,11 +187,13 @@ def apply_isru_hypot(expr: sp.Expr, z: sp.Expr, var: sp.Symbol, a: sp.Symbol) ->
 @dataclass(frozen=True)
 class Site:
     """One place for isru_hypot: a power base^k (k not a positive integer) whose base is
-    a + z^2, z = sqrt(b) (var - c) linear in var, b > 0 and a not negative."""
+    b (a + z^2), z = var - c, b > 0 and a not negative (z is not scaled: 2x would
+    overflow where x does not)."""
 
     base: sp.Expr
     z: sp.Expr
     a: sp.Expr
+    b: sp.Expr = sp.S.One
 
 
 def _site(base: sp.Expr, var: sp.Symbol) -> Site | None:
@@ -177,11 +210,10 @@ def _site(base: sp.Expr, var: sp.Symbol) -> Site | None:
     if b.is_positive is not True:
         return None
     c = sp.simplify(-b1 / (2 * b))
-    a = sp.simplify(b0 - b1**2 / (4 * b))
+    a = sp.simplify(b0 / b - b1**2 / (4 * b**2))
     if a.is_zero or a.is_negative:
         return None
-    z = sp.sqrt(b) * (var - c)
-    return Site(base, var if z == var else z, a)
+    return Site(base, var - c, a, b)
 
 
 def isru_sites(expr: sp.Expr, var: sp.Symbol) -> tuple[Site, ...]:
@@ -207,22 +239,40 @@ def _masked(expr: sp.Expr, var: sp.Symbol):
     return expr.xreplace(names), {v: k for k, v in names.items()}
 
 
+def _same_base(b: sp.Expr, site: Site) -> bool:
+    """Whether b is the site's base, however SymPy wrote it ((x - c)^2 or (c - x)^2)."""
+    return b.is_Add and sp.expand(b - site.base) == 0
+
+
+def holds(expr: sp.Expr, site: Site) -> bool:
+    """Whether expr raises the site's base to some power."""
+    return any(_same_base(t.base, site) for t in expr.atoms(sp.Pow))
+
+
 def apply_isru_hypot_at(expr: sp.Expr, var: sp.Symbol, site: Site) -> Rewritten:
     """isru_hypot at one site of any expression: expr in h = hypot(sqrt(a), z), q = z/h,
-    p = sqrt(a)/h, its powers of q^2 written 1 - p^2 and the whole factored over them (no
-    1/h - x^2/h^3: the derivative of x/sqrt(1 + x^2) is p^2/h). A function of var is kept
+    p = sqrt(a)/h, its powers of q^2 written 1 - p^2, and each coefficient of the other
+    symbols (weight, grad, the other scalars, a function of x) factored over them: no
+    1/h - x^2/h^3 (the derivative of x/sqrt(1 + x^2) is p^2/h), and nothing joined into one
+    fraction with a term that overflows on its own (1/cosh(x)^2). A function of var is kept
     as it is, its argument rewritten where it holds the site."""
     masked, back = _masked(expr, var)
-    e = masked.subs(site.base, site.a + site.z**2)
+    e = masked.replace(lambda t: t.is_Pow and _same_base(t.base, site),
+                       lambda t: site.b**t.exp * (H**2) ** t.exp)
+    e = e.subs(var, sp.solve(sp.Eq(site.z, Q * H), var)[0])
     if site.a.is_Symbol:
-        r = apply_isru_hypot(e, site.z, var, site.a)
-    else:   # a number or an expression: p = sqrt(a)/h where q^2 = 1 - p^2 brings it in
-        a = sp.Dummy("a", positive=True)
-        r = apply_isru_hypot(e.subs(site.a + site.z**2, a + site.z**2), site.z, var, a)
-        r = Rewritten(r.expr.subs(a, site.a), r.defs)
-    inner = {d: f.func(*(apply_isru_hypot_at(arg, var, site).expr if arg.has(site.base)
+        e = e.subs(site.a, P**2 * H**2)
+    e = sp.expand(sp.powsimp(sp.expand(e)))
+    # q^2 = 1 - p^2 in every power of q (q^3 = q (1 - p^2) in the second derivatives)
+    e = sp.expand(e.replace(lambda t: t.is_Pow and t.base == Q and t.exp.is_Integer and t.exp >= 2,
+                            lambda t: Q ** (t.exp % 2) * (1 - P**2) ** (t.exp // 2)))
+    others = sorted(e.free_symbols - {H, Q, P} - site.a.free_symbols - site.z.free_symbols
+                    - site.b.free_symbols, key=sp.default_sort_key)
+    groups = sp.collect(e, others, evaluate=False) if others else {sp.S.One: e}
+    e = sp.Add(*(m * sp.factor(c) for m, c in groups.items()))
+    inner = {d: f.func(*(apply_isru_hypot_at(arg, var, site).expr if holds(arg, site)
                          else arg for arg in f.args)) for d, f in back.items()}
-    out = r.expr.xreplace(inner)
+    out = e.xreplace(inner)
     defs = {H: Hypot(sp.sqrt(site.a), site.z), Q: site.z / H, P: sp.sqrt(site.a) / H}
     return Rewritten(out, {s: v for s, v in defs.items() if s == H or out.has(s)})
 
@@ -564,13 +614,13 @@ def safety_rewrite(expr: sp.Expr, var: sp.Symbol, where: str,
     1 - tanh(u)^2, isru_hypot at the first of ``sites`` (the form's, so that every function
     of one form names the same h, q, p; default: expr's own) that expr holds. A second
     base a' + z'^2 is left as written (one h per form)."""
-    r, out = Rewritten(expr), apply_sech2(expr)
+    r, out = Rewritten(expr), apply_sech2_anywhere(expr)
     if out.expr != expr:
         check(Step(f"{where}:sech2", out.expr, RULES["sech2"].fixes,
                    (application_obligation("sech2", expr, out),)))
         r = out
     sites = isru_sites(expr, var) if sites is None else sites
-    if sites and r.expr.has(sites[0].base):
+    if sites and holds(r.expr, sites[0]):
         out = apply_isru_hypot_at(r.expr, var, sites[0])
         check(Step(f"{where}:isru_hypot", out.expr, RULES["isru_hypot"].fixes,
                    (application_obligation("isru_hypot", r.expr, out),)))

@@ -79,3 +79,42 @@ def store(name: str, value) -> None:
         os.replace(f.name, path)
     except Exception:  # noqa: BLE001 - read-only home, full disk: the cache is optional
         pass
+
+
+# -- references: mpmath's values of a formula over every value of a dtype ---------------------
+
+def references() -> Path | None:
+    """Where the mpmath references over every value of a dtype live (``derive.testing``):
+    beside the derivations' folders, in ``references``; a file's name is the hash of what it
+    holds (the formula, its parameters' values, the derivative, the dtype and the libraries
+    that evaluated it), so it does not change with derive's source. None when the cache is
+    off."""
+    base = folder()
+    return None if base is None else base.parent / "references"
+
+
+def load_reference(name: str):
+    """The stored reference called ``name``, or None."""
+    base = references()
+    path = None if base is None else base / f"{name}.pickle"
+    if path is None or not path.is_file():
+        return None
+    try:
+        with path.open("rb") as f:
+            return pickle.load(f)
+    except Exception:  # noqa: BLE001 - a broken file is a miss: evaluate again, then overwrite
+        return None
+
+
+def store_reference(name: str, value) -> None:
+    """Store a reference; a failure to write is passed over."""
+    base = references()
+    if base is None:
+        return
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("wb", dir=base, delete=False) as f:
+            pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(f.name, base / f"{name}.pickle")
+    except Exception:  # noqa: BLE001 - read-only home, full disk: the cache is optional
+        pass

@@ -18,25 +18,34 @@ extra); ``import derive`` never loads it. The project's own property tests use i
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import random
+import warnings
+from array import array
 from dataclasses import dataclass
 from functools import cache
 
 import mpmath
 import sympy as sp
+from mpmath.libmp import fzero as _FZERO
+from mpmath.libmp import round_nearest as _NEAREST
+from mpmath.libmp import to_float as _to_float
 import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from . import cache as _cache
 from . import layers, symbols
 from .catalog import NAMES
 from .formula import FormulaError, parse
 from .symbols import x
 
-__all__ = ["assert_matches", "assert_close", "Mismatch", "Tol", "TOLERANCES", "DTYPES",
-           "evaluate", "spec"]
+__all__ = ["assert_matches", "assert_close", "Mismatch", "Unchecked", "Tol", "TOLERANCES",
+           "TORCH_TOLERANCES", "STANDARDS", "DTYPES", "evaluate", "spec", "sweep_values",
+           "exhaustive_reference"]
 
 # -- the one table of tolerances, and the one comparison ------------------------------------
 
@@ -56,6 +65,7 @@ class Tol:
     ctol: float  # the compute dtype's precision, relative to the terms' size
     atol: float  # underflow: results this small may flush or round to 0
     why: str
+    standard: str = "ulp"  # the name a caller chooses it by (``STANDARDS``)
 
 
 TOLERANCES = {
@@ -75,9 +85,39 @@ TOLERANCES = {
 
 DTYPES = tuple(TOLERANCES)
 
+#: The second standard: torch.testing.assert_close's default rtol and atol for the dtype,
+#: against the exact value. Its rtol also applies to the size of the terms added to make the
+#: value (|w f| + |b|, a reduced gradient's sum of |terms|), as the ulp standard's ctol does:
+#: the exact y = w f + b near 0 is a difference of terms the inputs' dtype rounds, and
+#: assert_close's own tests compare with a reference computed from the same rounded terms.
+TORCH_TOLERANCES = {
+    torch.float64: Tol(1e-7, 1e-7, 1e-7, "torch.testing's float64 default: rtol 1e-7, "
+                       "atol 1e-7", "torch"),
+    torch.float32: Tol(1.3e-6, 1.3e-6, 1e-5, "torch.testing's float32 default: rtol 1.3e-6, "
+                       "atol 1e-5", "torch"),
+    torch.bfloat16: Tol(1.6e-2, 1.6e-2, 1e-5, "torch.testing's bfloat16 default: rtol 1.6e-2, "
+                        "atol 1e-5", "torch"),
+    torch.float16: Tol(1e-3, 1e-3, 1e-5, "torch.testing's float16 default: rtol 1e-3, "
+                       "atol 1e-5", "torch"),
+}
 
-def tol_for(dtype: torch.dtype) -> Tol:
-    return TOLERANCES[dtype]
+#: A caller's choice: "ulp" (is it exact, within a few ulps?) or "torch" (is it as close as
+#: torch's own tests demand?).
+STANDARDS = {"ulp": TOLERANCES, "torch": TORCH_TOLERANCES}
+
+
+def tol_for(dtype: torch.dtype, standard: str = "ulp") -> Tol:
+    return STANDARDS[standard][dtype]
+
+
+def ulps(err: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """err in units in the last place of ``dtype`` at ref (the spacing of dtype's values
+    around ref; the smallest subnormal at 0 and below the normal range)."""
+    fi = torch.finfo(dtype)
+    _, e = torch.frexp(ref.abs().nan_to_num(0.0, posinf=fi.max).clamp(max=fi.max))
+    spacing = torch.ldexp(torch.full_like(ref, fi.eps), e - 1).clamp(min=fi.smallest_normal
+                                                                     * fi.eps)
+    return err / spacing
 
 
 def _log(got: torch.Tensor, dtype, what: str, ratio: torch.Tensor, err: torch.Tensor,
@@ -106,16 +146,23 @@ def _at(v, i: int, n: int):
 
 
 def assert_close(got: torch.Tensor, ref: torch.Tensor, *, scale=None, dtype=None,
-                 inputs: dict | None = None, what: str = "output") -> None:
-    """Compare got (any dtype) with a float64 reference; raise Mismatch with the worst element."""
-    t = tol_for(dtype or got.dtype)
+                 inputs: dict | None = None, what: str = "output", standard: str = "ulp",
+                 skip: torch.Tensor | None = None) -> None:
+    """Compare got (any dtype) with a float64 reference under ``standard`` ("ulp" or
+    "torch"); raise Mismatch with the worst element. Elements where ``skip`` is True are not
+    compared (a derivative not defined there)."""
+    dtype = dtype or got.dtype
+    t = tol_for(dtype, standard)
     got64, ref64 = got.detach().to(torch.float64).cpu(), ref.detach().to(torch.float64).cpu()
     scale64 = ref64.abs() if scale is None else torch.as_tensor(scale, dtype=torch.float64).cpu()
     if got64.shape != ref64.shape:
         raise Mismatch(f"{what}: shape {tuple(got64.shape)} != reference {tuple(ref64.shape)}")
+    if skip is not None:
+        skip = torch.as_tensor(skip).cpu().expand_as(ref64)
+        got64, ref64 = got64.masked_fill(skip, 0.0), ref64.masked_fill(skip, 0.0)
     both_nan = got64.isnan() & ref64.isnan()
     # +-inf is the dtype's rounding of a value beyond its finite range
-    beyond = ref64.abs() > torch.finfo(dtype or got.dtype).max
+    beyond = ref64.abs() > torch.finfo(dtype).max
     same_inf = got64.isinf() & ((got64 == ref64) | (beyond & (got64.sign() == ref64.sign())))
     err = (got64 - ref64).abs()
     allowed = t.atol + t.rtol * ref64.abs() + t.ctol * scale64.expand_as(ref64)
@@ -126,16 +173,19 @@ def assert_close(got: torch.Tensor, ref: torch.Tensor, *, scale=None, dtype=None
     ratio = torch.where(both_nan | same_inf, torch.zeros_like(err),
                         (err / allowed).nan_to_num(float("inf")))
     if ERROR_LOG:
-        _log(got, dtype or got.dtype, what, ratio, err, not bad.any())
+        _log(got, dtype, what, ratio, err, not bad.any())
     if bad.any():
         excess = torch.where(bad, ratio, torch.zeros_like(err))
         i = int(excess.flatten().argmax())
         idx = tuple(int(v) for v in torch.unravel_index(torch.tensor(i), ref64.shape))
         at = {k: _at(v, i, ref64.numel()) for k, v in (inputs or {}).items()}
-        raise Mismatch(f"{what}: {int(bad.sum())} of {bad.numel()} elements off; worst at {idx}: "
-                       f"got {got64.flatten()[i].item()!r}, reference {ref64.flatten()[i].item()!r}, "
-                       f"allowed {allowed.flatten()[i].item():.3g}; inputs {at} "
-                       f"(tolerance for {dtype or got.dtype}: {t.why})")
+        g, r = got64.flatten()[i], ref64.flatten()[i]
+        u = ulps((g - r).abs(), r, dtype).item()
+        raise Mismatch(f"{what}: {int(bad.sum())} of {bad.numel()} elements off the "
+                       f"{t.standard!r} standard; worst at {idx}: got {g.item()!r} against "
+                       f"the exact reference {r.item()!r}, error {u:.3g} ulps of "
+                       f"{str(dtype).replace('torch.', '')} (allowed "
+                       f"{allowed.flatten()[i].item():.3g}); inputs {at} ({t.why})")
 
 
 # -- what is tested: a layer y = weight * f + bias -------------------------------------------
@@ -208,27 +258,69 @@ def _symbols(s: layers.Form, what: str) -> tuple[sp.Symbol, ...]:
                      f"in {', '.join(names)})")
 
 
+def _derivative(e: sp.Expr, syms: tuple[sp.Symbol, ...]) -> sp.Expr:
+    """e differentiated in ``syms``, written so that mpmath need not cancel: a first
+    derivative simplified (beta/(beta + x^2)^(3/2), not the difference of two nearly equal
+    terms), a second over one denominator (1 - x^2/(beta + x^2) would cancel at every
+    precision below)."""
+    if not syms:
+        return e
+    d = sp.diff(e, *syms)
+    return sp.factor(sp.together(d)) if len(syms) == 2 else sp.simplify(d)
+
+
+@cache
+def _expr(s: layers.Form, what: str) -> sp.Expr:
+    """The layer's "y", "f", first derivative "d_a" or second derivative "d2_a_b"."""
+    if what == "f":
+        return (s.layer - symbols.bias) / symbols.weight
+    return _derivative(s.layer, () if what == "y" else _symbols(s, what))
+
+
+@cache
+def _f_expr(s: layers.Form, what: str) -> sp.Expr:
+    """f's "f", "d_a" or "d2_a_b" (a, b among x and the scalars): what the tables hold."""
+    f = (s.layer - symbols.bias) / symbols.weight
+    return _derivative(f, () if what == "f" else _symbols(s, what))
+
+
+def _regular_part(*args):
+    """DiracDelta(u) (or a derivative of it) away from u = 0: 0. Where u = 0 the
+    derivative is a distribution; ``singular`` marks those elements."""
+    return 0
+
+
+#: What mpmath cannot evaluate and the references take in its place.
+_MODULES = [{"DiracDelta": _regular_part}, "mpmath"]
+
+
+def _deltas(e: sp.Expr) -> tuple[sp.Expr, ...]:
+    """The arguments u of the DiracDelta terms of e: e is not defined where one is 0."""
+    return tuple(sorted({d.args[0] for d in e.atoms(sp.DiracDelta)}, key=sp.default_sort_key))
+
+
 @cache
 def _lambda(s: layers.Form, what: str):
     """The mpmath callable of (x, scalars..., weight, bias) for ``what``: "y", "f", a first
     derivative "d_a" or a second derivative "d2_a_b"."""
-    e = s.layer
-    if what == "f":
-        e = (e - symbols.bias) / symbols.weight
-    elif what.startswith("d2_"):
-        # over one denominator: 1 - x^2/(beta + x^2) would cancel at every precision below
-        e = sp.factor(sp.together(sp.diff(e, *_symbols(s, what))))
-    elif what != "y":
-        # SymPy's exact simplification keeps e.g. beta/(beta + x^2)^(3/2) from being
-        # evaluated as the difference of two nearly equal terms.
-        e = sp.simplify(sp.diff(e, *_symbols(s, what)))
-    return sp.lambdify((x, *s.params, symbols.weight, symbols.bias), e, "mpmath")
+    return sp.lambdify((x, *s.params, symbols.weight, symbols.bias), _expr(s, what), _MODULES)
+
+
+@cache
+def _singular_lambda(e: sp.Expr, args: tuple[sp.Symbol, ...]):
+    return sp.lambdify(args, list(_deltas(e)), "mpmath")
+
+
+def _is_singular(fn, v: float, ss) -> bool:
+    with mpmath.workdps(DIGITS):
+        return any(u == 0 for u in fn(mpmath.mpf(v), *(mpmath.mpf(t) for t in ss)))
 
 
 def evaluate(form, what: str, x_t, scalars, w_t, b_t) -> torch.Tensor:
     """float64 tensor of ``what`` ('y', 'f', 'd_x', 'd_alpha', 'd2_x_alpha', ...) at every
     element. x_t (..., C), scalars 0-dim, w_t and b_t (C,): all exactly as cast to the
-    tested dtype."""
+    tested dtype. Where ``what`` has a DiracDelta term, its regular part (``singular`` says
+    where the rest lives)."""
     fn = _lambda(spec(form), what)
     xs = x_t.detach().to(torch.float64).cpu()
     C = xs.shape[-1]
@@ -240,27 +332,194 @@ def evaluate(form, what: str, x_t, scalars, w_t, b_t) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.float64).reshape(xs.shape)
 
 
+def singular(form, what: str, x_t, scalars) -> torch.Tensor | None:
+    """Where ``what`` is not a function (a DiracDelta term's argument is 0): a bool tensor
+    of x's shape, or None where it is defined everywhere."""
+    s = spec(form)
+    e = _expr(s, what)
+    if not _deltas(e):
+        return None
+    fn = _singular_lambda(e, (x, *s.params, symbols.weight, symbols.bias))
+    ss = [float(t) for t in scalars] + [1.0, 0.0]
+    xs = x_t.detach().to(torch.float64).cpu()
+    return torch.tensor([_is_singular(fn, v, ss) for v in xs.flatten().tolist()],
+                        dtype=torch.bool).reshape(xs.shape)
+
+
 def _stable(fn, v, ss, w, b) -> float:
     """fn at x = v, raising the precision until two precisions agree to 25 digits or round
     to the same float64 (exp(-u^2) at u = 1e300 never agrees to 25 digits: u^2 carries an
     absolute error of 1e550 at 50 digits; both are 0.0 in float64)."""
+    return _stable_at(fn, v, [*ss, w, b])
+
+
+def _stable_at(fn, v, rest, precisions=PRECISIONS) -> float:
     prev = None
-    for dps in PRECISIONS:
+    for dps in precisions:
         with mpmath.workdps(dps):
             xv = mpmath.mpf(v)
             if mpmath.isinf(xv):  # the limit, from a huge finite x of the same sign
                 xv = mpmath.mpf(10) ** 400 * (1 if xv > 0 else -1)
             try:
-                val = fn(xv, *(mpmath.mpf(t) for t in ss), mpmath.mpf(w), mpmath.mpf(b))
+                val = fn(xv, *(mpmath.mpf(t) for t in rest))
             except (ZeroDivisionError, ValueError):  # a pole or outside the domain
                 return math.nan
             if isinstance(val, mpmath.mpc):  # e.g. sqrt of a negative: no real value
                 return math.nan
+            val = mpmath.mpf(val)
             if prev is not None and (mpmath.isnan(val) or abs(val - prev) <= abs(val) * 1e-25
                                      or float(val) == float(prev)):
                 return float(val)
             prev = val
     return float(prev)
+
+
+# -- every value: the sweeps and their cached references -----------------------------------
+
+#: Significands visited in every binade of float32 and float64, with the binade's largest.
+SIGNIFICANDS = (1.0, 1.2345678901234567, 1.6180339887498949)
+#: The two cheap precisions a table is evaluated in; where they differ by more than 1e-17
+#: (cancellation), or both are exactly 0, the value is evaluated again in PRECISIONS.
+TABLE_DIGITS = (20, 26)
+#: What the stored references depend on besides their key: bump it when the evaluation does.
+TABLE_VERSION = 1
+
+
+@cache
+def every_value(dtype: torch.dtype) -> torch.Tensor:
+    """Every finite value of a 16-bit dtype (bfloat16: 65,280; float16: 63,488), by bits."""
+    bits = torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32).to(torch.int16)
+    v = bits.view(dtype)
+    return v[torch.isfinite(v)]
+
+
+@cache
+def binade_sweep(dtype: torch.dtype) -> torch.Tensor:
+    """Both signs of SIGNIFICANDS times every power of two of ``dtype`` and each binade's
+    largest value, from the subnormals to the largest finite value, and +-0."""
+    fi = torch.finfo(dtype)
+    digits = round(1 - math.log2(fi.eps))                 # significand bits, the leading one's too
+    low = round(math.log2(fi.smallest_normal)) - digits + 1   # the smallest subnormal's exponent
+    top = math.frexp(fi.max)[1] - 1                     # the largest binade's exponent
+    vals = [0.0, fi.max]
+    for e in range(low, top + 1):
+        vals += [math.ldexp(m, e) for m in SIGNIFICANDS]
+        unit = max(math.ldexp(1.0, e - digits + 1), math.ldexp(1.0, low))   # the binade's ulp
+        vals.append(math.ldexp(2.0, e) - unit if e < top else fi.max)
+    t = torch.tensor(vals, dtype=torch.float64).to(dtype)
+    t = torch.unique(t[torch.isfinite(t)])
+    return torch.cat([-t.flip(0), t])
+
+
+def sweep_values(dtype: torch.dtype) -> torch.Tensor:
+    """The inputs every sweep of ``dtype`` visits: each value of a 16-bit dtype, each binade
+    of float32 and float64."""
+    return every_value(dtype) if dtype.itemsize == 2 else binade_sweep(dtype)
+
+
+def _table_key(s: layers.Form, what: str, scalars, dtype) -> str:
+    f = (s.layer - symbols.bias) / symbols.weight
+    text = repr((TABLE_VERSION, mpmath.__version__, sp.__version__, sp.srepr(f),
+                 [p.name for p in s.params], [float(t).hex() for t in scalars], what,
+                 str(dtype), len(sweep_values(dtype))))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+#: This process's tables (the disk cache holds them across processes and runs).
+_TABLES: dict = {}
+
+
+def exhaustive_reference(form, what: str, scalars, dtype: torch.dtype) -> torch.Tensor:
+    """f's ``what`` ("f", "d_x", "d_alpha", "d2_x_alpha", ...) by mpmath at every input of
+    ``sweep_values(dtype)`` with the scalars' values ``scalars``: a float64 tensor, computed
+    once and cached (``derive.cache.references()``)."""
+    return _tables(spec(form), (what,), tuple(float(t) for t in scalars), dtype)[what][0]
+
+
+def _tables(s: layers.Form, whats, scalars, dtype) -> dict:
+    """what -> (values, indices where it is not defined) over sweep_values(dtype): from this
+    process, the disk cache, or mpmath (every missing one in one pass)."""
+    out, missing = {}, []
+    for what in whats:
+        key = _table_key(s, what, scalars, dtype)
+        if key not in _TABLES:
+            stored = _cache.load_reference(key)
+            if stored is not None:
+                vals, sing = stored
+                _TABLES[key] = (torch.frombuffer(bytearray(vals), dtype=torch.float64), sing)
+        if key in _TABLES:
+            out[what] = _TABLES[key]
+        else:
+            missing.append((what, key))
+    if missing:
+        xs = sweep_values(dtype).to(torch.float64).tolist()
+        computed = _evaluate_table(s, tuple(w for w, _ in missing), scalars, xs)
+        for (what, key), (vals, sing) in zip(missing, computed):
+            arr = array("d", vals)
+            _cache.store_reference(key, (arr.tobytes(), sing))
+            _TABLES[key] = out[what] = (torch.tensor(arr, dtype=torch.float64), sing)
+    return out
+
+
+@cache
+def _f_lambdas(s: layers.Form, whats: tuple[str, ...]):
+    """One mpmath callable of (x, scalars...) for all of ``whats`` (common terms once), and
+    one for each."""
+    args, exprs = (x, *s.params), [_f_expr(s, w) for w in whats]
+    return (sp.lambdify(args, exprs, _MODULES, cse=True),
+            [sp.lambdify(args, e, _MODULES) for e in exprs])
+
+
+def _floats(fn, v, ss) -> list | None:
+    """fn's values at x = v as floats (correctly rounded), None for one that is exactly 0
+    (exact, or all lost to cancellation: more digits tell) or not real; None for all where
+    fn raises (a pole, outside the domain)."""
+    try:
+        vals = fn(mpmath.mpf(v), *ss)
+    except (ZeroDivisionError, ValueError):
+        return None
+    out = []
+    for q in vals:
+        m = getattr(q, "_mpf_", None)
+        if m is None:
+            out.append(float(q) if isinstance(q, (int, float)) and q != 0 else None)
+        else:
+            out.append(None if m == _FZERO else _to_float(m, rnd=_NEAREST))
+    return out
+
+
+def _evaluate_table(s: layers.Form, whats, scalars, xs: list[float]):
+    """[(values, singular indices)] of each of ``whats`` at each x of xs: two cheap
+    precisions for all (TABLE_DIGITS); where they do not round to the same float64, or a
+    value is exactly 0, PRECISIONS for that value."""
+    together, each = _f_lambdas(s, tuple(whats))
+    zero = [_f_expr(s, w) == 0 for w in whats]
+    passes = []
+    for dps in TABLE_DIGITS:
+        with mpmath.workdps(dps):
+            ss = [mpmath.mpf(t) for t in scalars]
+            passes.append([_floats(together, v, ss) for v in xs])
+    cols = [[0.0] * len(xs) for _ in whats]
+    for i, (v, lo, hi) in enumerate(zip(xs, *passes)):
+        for q, col in enumerate(cols):
+            if zero[q]:
+                continue
+            a = b = None
+            if lo is not None and hi is not None:
+                a, b = lo[q], hi[q]
+            if a is not None and (a == b or (a != a and b != b)):
+                col[i] = b
+            else:
+                col[i] = _stable_at(each[q], v, scalars)
+    sings = []
+    for w in whats:
+        e = _f_expr(s, w)
+        if not _deltas(e):
+            sings.append([])
+            continue
+        fn = _singular_lambda(e, (x, *s.params))
+        sings.append([i for i, v in enumerate(xs) if _is_singular(fn, v, scalars)])
+    return list(zip(cols, sings))
 
 
 # -- hypothesis strategies -------------------------------------------------------------------
@@ -355,6 +614,74 @@ def _label(s: layers.Form, x_t, w) -> str:
     return f"{s.name} ({dt(x_t.dtype)}{pd}, {x_t.device.type})"
 
 
+class Pointwise:
+    """The references of one case, by mpmath at each element (hypothesis's draws):
+    ``ref(what)`` a float64 tensor on x's device, ``ref.skip(what)`` where it is not
+    defined (None: everywhere defined)."""
+
+    def __init__(self, s: layers.Form, x_t, scalars, w, b):
+        self.s, self.x, self.scalars, self.w, self.b = s, x_t, scalars, w, b
+        self._memo: dict = {}
+
+    def __call__(self, what: str) -> torch.Tensor:
+        if what not in self._memo:
+            self._memo[what] = evaluate(self.s, what, self.x, self.scalars, self.w,
+                                        self.b).to(self.x.device)
+        return self._memo[what]
+
+    def skip(self, what: str) -> torch.Tensor | None:
+        m = singular(self.s, what, self.x, self.scalars)
+        return None if m is None else m.to(self.x.device)
+
+
+class Tabled:
+    """The references of a sweep: f's tables (``_tables``, over x's rows) made the layer's,
+    y = w f + b and its derivatives, which are linear in w."""
+
+    def __init__(self, s: layers.Form, tables: dict, singular_at: dict, x_t, w, b):
+        self.s, self.t, self.sing, self.x = s, tables, singular_at, x_t
+        self.w = w.double().to(x_t.device)
+        self.b = None if b is None else b.double().to(x_t.device)
+
+    def __call__(self, what: str) -> torch.Tensor:
+        if what == "y":
+            out = self.w * self.t["f"]
+            return out if self.b is None else out + self.b
+        if what == "f":
+            return self.t["f"]
+        names = [v.name for v in _symbols(self.s, what)]
+        rest = [n for n in names if n != symbols.weight.name]
+        if not rest:
+            return torch.zeros_like(self.t["f"]) if len(names) == 2 else self.t["f"]
+        fw = ("d_" if len(rest) == 1 else "d2_") + "_".join(rest)
+        return self.t[fw] if len(rest) < len(names) else self.w * self.t[fw]
+
+    def skip(self, what: str) -> torch.Tensor | None:
+        if what in ("y", "f"):
+            return None
+        rest = [v.name for v in _symbols(self.s, what) if v != symbols.weight]
+        fw = ("d_" if len(rest) == 1 else "d2_") + "_".join(rest) if rest else "f"
+        return self.sing.get(fw)
+
+
+def _skips(ref, whats) -> torch.Tensor | None:
+    """Where any of ``whats`` is not defined (None: nowhere)."""
+    masks = [m for m in (ref.skip(w) for w in whats) if m is not None]
+    if not masks:
+        return None
+    out = masks[0]
+    for m in masks[1:]:
+        out = out | m
+    return out
+
+
+def _reduced(mask, C: int | None = None):
+    """Where a gradient summed over the elements (over the rows if C) is not defined."""
+    if mask is None:
+        return None
+    return mask.reshape(-1, C).any(0) if C else mask.any()
+
+
 def _value_scale(s, ev, x_t, scalars, w, b, f):
     """What a correct float computation of y can be off by, in units of its precision: the
     terms added to make y (|w f| + |b|) and the inputs' own rounding carried through, the
@@ -368,45 +695,46 @@ def _value_scale(s, ev, x_t, scalars, w, b, f):
     return scale
 
 
-def check_first(fn, form, x_t, scalars, w, b, g):
-    """The output and every gradient of fn against the formula."""
+def check_first(fn, form, x_t, scalars, w, b, g, *, standard: str = "ulp", ref=None):
+    """The output and every gradient of fn against the formula (``ref``: the references,
+    ``Pointwise`` by default), under ``standard``."""
     s = spec(form)
     y, gx, gs, gw, gb = first_order(fn, s, x_t, scalars, w, b, g)
-    ev = lambda what: evaluate(s, what, x_t, scalars, w, b).to(x_t.device)  # noqa: E731
+    ev = ref or Pointwise(s, x_t, scalars, w, b)
     label, inputs = _label(s, x_t, w), _inputs(s, x_t, scalars)
+    close = lambda *a, **k: assert_close(*a, standard=standard, **k)  # noqa: E731
     f = ev("f")
-    assert_close(y, ev("y"), scale=_value_scale(s, ev, x_t, scalars, w, b, f), dtype=x_t.dtype,
-                 inputs=inputs, what=f"{label} y")
+    close(y, ev("y"), scale=_value_scale(s, ev, x_t, scalars, w, b, f), dtype=x_t.dtype,
+          inputs=inputs, what=f"{label} y")
     g64 = g.double()
     dx = g64 * ev("d_x")
-    assert_close(gx, dx, scale=dx.abs(), dtype=x_t.dtype, inputs=inputs, what=f"{label} grad x")
+    close(gx, dx, scale=dx.abs(), dtype=x_t.dtype, inputs=inputs, what=f"{label} grad x",
+          skip=ev.skip("d_x"))
     for p, v, got in zip(s.params, scalars, gs):
         terms = g64 * ev(f"d_{p.name}")
-        assert_close(got, terms.sum(), scale=terms.abs().sum(), dtype=v.dtype, inputs=inputs,
-                     what=f"{label} grad {p.name}")
+        close(got, terms.sum(), scale=terms.abs().sum(), dtype=v.dtype, inputs=inputs,
+              what=f"{label} grad {p.name}", skip=_reduced(ev.skip(f"d_{p.name}")))
     C = x_t.shape[-1]
     terms = (g64 * f).reshape(-1, C)
-    assert_close(gw, terms.sum(0), scale=terms.abs().sum(0), dtype=w.dtype, inputs=inputs,
-                 what=f"{label} grad weight")
+    close(gw, terms.sum(0), scale=terms.abs().sum(0), dtype=w.dtype, inputs=inputs,
+          what=f"{label} grad weight")
     if b is not None:
         gg = g64.reshape(-1, C)
-        assert_close(gb, gg.sum(0), scale=gg.abs().sum(0), dtype=b.dtype,
-                     what=f"{label} grad bias")
+        close(gb, gg.sum(0), scale=gg.abs().sum(0), dtype=b.dtype, what=f"{label} grad bias")
 
 
-def check_values(fn, form, x_t, scalars, w, b, g=None):
+def check_values(fn, form, x_t, scalars, w, b, g=None, *, standard: str = "ulp", ref=None):
     """The output of fn against the formula (no derivatives)."""
     s = spec(form)
     with torch.no_grad():
         y = _call(fn, s, x_t, scalars, w, b)
-    ev = lambda what: evaluate(s, what, x_t, scalars, w, b).to(x_t.device)  # noqa: E731
-    f = ev("f")
+    ev = ref or Pointwise(s, x_t, scalars, w, b)
     if not isinstance(y, torch.Tensor) or y.shape != x_t.shape or y.dtype != x_t.dtype:
         raise Mismatch(f"{s.name}: the output must have x's shape and dtype "
                        f"{tuple(x_t.shape)} {x_t.dtype}")
-    assert_close(y, evaluate(s, "y", x_t, scalars, w, b).to(x_t.device),
-                 scale=_value_scale(s, ev, x_t, scalars, w, b, f), dtype=x_t.dtype,
-                 inputs=_inputs(s, x_t, scalars), what=f"{_label(s, x_t, w)} y")
+    assert_close(y, ev("y"), scale=_value_scale(s, ev, x_t, scalars, w, b, ev("f")),
+                 dtype=x_t.dtype, inputs=_inputs(s, x_t, scalars),
+                 what=f"{_label(s, x_t, w)} y", standard=standard)
 
 
 def second_order(fn, form, x_t, scalars, w, b, g, v):
@@ -426,37 +754,44 @@ def second_order(fn, form, x_t, scalars, w, b, g, v):
     return [torch.zeros_like(t) if o is None else o for o, t in zip(out, [*ins, gl])]
 
 
-def check_second(fn, form, x_t, scalars, w, b, g, v):
+def check_second(fn, form, x_t, scalars, w, b, g, v, *, standard: str = "ulp", ref=None):
     """Every second derivative along v against the formula's, summed as autograd sums them:
     h_a = sum over elements of g * sum_b v_b d2y/(da db); and in g, sum_b v_b dy/db."""
     s = spec(form)
     *got, got_g = second_order(fn, s, x_t, scalars, w, b, g, v)
     names = [a.name for a in wrt(s)]
-    ev = lambda what: evaluate(s, what, x_t, scalars, w, b).to(x_t.device)  # noqa: E731
+    ev = ref or Pointwise(s, x_t, scalars, w, b)
     g64, C = g.double(), x_t.shape[-1]
     v64 = [t.double() for t in v]
     label, inputs = _label(s, x_t, w), _inputs(s, x_t, scalars)
+    close = lambda *a, **k: assert_close(*a, standard=standard, **k)  # noqa: E731
     # d2y/(da db) = d2y/(db da): each pair evaluated once; d2y/dweight^2 = 0
-    d2 = {(a, bn): ev(f"d2_{a}_{bn}") for i, a in enumerate(names) for bn in names[i:]
-          if (a, bn) != ("weight", "weight")}
-    pair = lambda a, bn: d2.get((a, bn), d2.get((bn, a), 0.0))  # noqa: E731
+    key = {(a, bn): (a, bn) for i, a in enumerate(names) for bn in names[i:]}
+    key.update({(bn, a): k for (a, bn), k in list(key.items())})
+    d2 = {k: ev(f"d2_{k[0]}_{k[1]}") for k in set(key.values()) if k != ("weight", "weight")}
+    pair = lambda a, bn: d2.get(key[(a, bn)], 0.0)  # noqa: E731
     for a, out, like in zip(names, got, (x_t, *scalars, w)):
         parts = [g64 * pair(a, bn) * v64[j] for j, bn in enumerate(names)]
         terms, size = sum(parts), sum(p.abs() for p in parts)
+        mask = _skips(ev, [f"d2_{key[(a, bn)][0]}_{key[(a, bn)][1]}" for bn in names
+                           if key[(a, bn)] != ("weight", "weight")])
         if a == "x":
-            ref, scale = terms, size
+            ref_a, scale = terms, size
         elif a == "weight":
-            ref, scale = terms.reshape(-1, C).sum(0), size.reshape(-1, C).sum(0)
+            ref_a, scale = terms.reshape(-1, C).sum(0), size.reshape(-1, C).sum(0)
+            mask = _reduced(mask, C)
         else:
-            ref, scale = terms.sum(), size.sum()
+            ref_a, scale = terms.sum(), size.sum()
+            mask = _reduced(mask)
         if out.dtype != like.dtype:
             raise Mismatch(f"{label} second derivative in {a}: dtype {out.dtype}, want "
                            f"{like.dtype}")
-        assert_close(out, ref, scale=scale, dtype=like.dtype, inputs=inputs,
-                     what=f"{label} second derivative in {a}")
+        close(out, ref_a, scale=scale, dtype=like.dtype, inputs=inputs,
+              what=f"{label} second derivative in {a}", skip=mask)
     parts = [ev(f"d_{bn}") * v64[j] for j, bn in enumerate(names)]
-    assert_close(got_g, sum(parts), scale=sum(p.abs() for p in parts), dtype=g.dtype,
-                 inputs=inputs, what=f"{label} forward-mode product (the gradient in grad)")
+    close(got_g, sum(parts), scale=sum(p.abs() for p in parts), dtype=g.dtype, inputs=inputs,
+          what=f"{label} forward-mode product (the gradient in grad)",
+          skip=_skips(ev, [f"d_{bn}" for bn in names]))
 
 
 # -- assert_matches --------------------------------------------------------------------------
@@ -481,9 +816,112 @@ def _pairs(dtypes) -> list[tuple[torch.dtype, torch.dtype]]:
 #: the message names anyway (the worst element, its x and scalars).
 PHASES = (Phase.explicit, Phase.reuse, Phase.generate)
 
+#: A sweep's input: rows of SWEEP_C channels, SWEEP_ROWS rows per call of fn (the parameter
+#: gradients are sums over one call's elements: a few thousand, as in a layer's use).
+SWEEP_C, SWEEP_ROWS = 8, 512
+#: Parameter settings per dtype at which every value (every binade) is checked by default.
+SWEEPS = 3
+
+
+class Unchecked(UserWarning):
+    """A derivative that is not a function everywhere (a DiracDelta term): where it is not
+    defined it is not compared; everywhere else it is."""
+
+
+def sweep_scalars(form, k: int = SWEEPS, ranges: dict | None = None) -> list[tuple]:
+    """k settings of the scalars, each drawn from its range (log-uniform where the range is
+    positive and spans two decades or more, uniform otherwise) by a generator seeded with the
+    form's name, the same on every run and machine; each rounded to a bfloat16 value, which
+    every dtype holds, so that every (input, parameter) dtype pair shares the references."""
+    s = spec(form)
+    rng = random.Random(f"dynorm sweep {s.name}")   # a str seed is hashed (sha512): portable
+    bounds = {**SCALAR_RANGES, **(ranges or {})}
+    out = []
+    for _ in range(k):
+        vals = []
+        for p in s.params:
+            lo, hi = bounds.get(p.name, DEFAULT_RANGE)
+            v = (math.exp(rng.uniform(math.log(lo), math.log(hi))) if 0 < 100 * lo <= hi
+                 else rng.uniform(lo, hi))
+            vals.append(float(torch.tensor(v).to(torch.bfloat16)))
+        out.append(tuple(vals))
+    return list(dict.fromkeys(out))     # a form without scalars has one setting
+
+
+def _table_whats(s: layers.Form, order: int) -> tuple[str, ...]:
+    """f's quantities a sweep of ``order`` compares with: f and its first derivatives (the
+    gradients, and the value's condition terms), its second derivatives at order 2."""
+    names = [v.name for v in (x, *s.params)]
+    first = ("f", *(f"d_{n}" for n in names))
+    if order < 2:
+        return first
+    return first + tuple(f"d2_{a}_{b}" for i, a in enumerate(names) for b in names[i:])
+
+
+def _unchecked(s: layers.Form, order: int) -> list[str]:
+    """What cannot be compared everywhere at ``order``: one line per derivative with a
+    DiracDelta term."""
+    out = []
+    for what in _table_whats(s, order)[1:] if order else ():
+        us = _deltas(_f_expr(s, what))
+        if us:
+            of = " and ".join(_symbols(s, what)[i].name for i in range(len(_symbols(s, what))))
+            where = " or ".join(f"{sp.sstr(u)} = 0" for u in us)
+            kind = "second derivative" if what.startswith("d2_") else "derivative"
+            terms = ", ".join(f"DiracDelta({sp.sstr(u)})" for u in us)
+            out.append(f"{s.name}: the {kind} in {of} has {terms} (a derivative of sign or abs): "
+                       f"it is not defined where {where}, a point mass there; those elements, "
+                       f"and the sums over them, are not compared; its regular part is, "
+                       f"everywhere else")
+    return out
+
+
+def _sweep(fn, s: layers.Form, dtype, pdtype, device, order: int, standard: str,
+           settings: list[tuple]) -> None:
+    """Every value of ``sweep_values(dtype)`` through fn at each setting of the scalars:
+    outputs and derivatives up to ``order`` against the cached mpmath tables. Weight, bias,
+    the upstream gradient and the direction of the double backward come from a fixed seed."""
+    xs = sweep_values(dtype)
+    n, C = len(xs), SWEEP_C
+    R = -(-n // C)
+    idx = torch.cat([torch.arange(n), torch.arange(R * C - n)]).reshape(R, C)
+    x_all = xs[idx]                    # padded with the first values again
+    gen = torch.Generator().manual_seed(0)
+
+    def draw(shape, half, d):
+        return ((torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * half).to(d)
+    w, b, g = draw((C,), 3, pdtype), draw((C,), 3, pdtype), draw((R, C), 2, dtype)
+    v = [draw((R, C), 2, dtype), *(draw((), 2, pdtype) for _ in s.params), draw((C,), 2, pdtype)]
+    whats = _table_whats(s, order)
+    on = lambda t: t.to(device)  # noqa: E731
+    for setting in settings:
+        scalars = [torch.tensor(t, dtype=pdtype) for t in setting]
+        tabs = _tables(s, whats, tuple(float(t) for t in scalars), dtype)
+        full = {q: tabs[q][0][idx] for q in whats}
+        sing = {}
+        for q in whats:
+            if tabs[q][1]:
+                m = torch.zeros(n, dtype=torch.bool)
+                m[torch.tensor(tabs[q][1])] = True
+                sing[q] = m[idx]
+        for r in range(0, R, SWEEP_ROWS):
+            rows = slice(r, r + SWEEP_ROWS)
+            xc = on(x_all[rows])
+            ref = Tabled(s, {q: on(t[rows]) for q, t in full.items()},
+                         {q: on(t[rows]) for q, t in sing.items()}, xc, on(w), on(b))
+            case = (fn, s, xc, [on(t) for t in scalars], on(w), on(b), on(g[rows]))
+            if order == 0:
+                check_values(*case, standard=standard, ref=ref)
+                continue
+            check_first(*case, standard=standard, ref=ref)
+            if order == 2:
+                check_second(*case, [on(v[0][rows]), *(on(t) for t in v[1:])],
+                             standard=standard, ref=ref)
+
 
 def assert_matches(fn, form, *, dtypes=DTYPES, device="cpu", examples: int = 200,
-                   order: int = 1, ranges: dict | None = None, bias_none: bool = False) -> None:
+                   order: int = 1, ranges: dict | None = None, bias_none: bool = False,
+                   tolerance: str = "ulp", sweep: int = SWEEPS) -> None:
     """Property-test ``fn(x, weight, bias, **scalars)`` against ``form``.
 
     form: a layer form of the catalog ("dyt", "dyisru", "dyt_ln", "dyisru_ln", "derf") or a
@@ -495,10 +933,20 @@ def assert_matches(fn, form, *, dtypes=DTYPES, device="cpu", examples: int = 200
     random direction (every second derivative, and the forward-mode product).
     ranges: name -> (low, high) for a scalar (defaults: SCALAR_RANGES, else DEFAULT_RANGE).
     bias_none: also call fn with bias=None (meaning 0) in about half the examples.
+    tolerance: the standard, "ulp" (``TOLERANCES``: a few ulps of the exact value, what the
+    project's own layers meet) or "torch" (``TORCH_TOLERANCES``: torch.testing.assert_close's
+    rtol and atol for the dtype, against the exact value).
+    sweep: at this many settings of the scalars (``sweep_scalars``), every finite value of
+    bfloat16 and float16, and every binade of float32 and float64 (``binade_sweep``), goes
+    through fn before hypothesis's draws; 0 leaves the draws only. Its mpmath references
+    are computed once and cached (``derive.cache.references()``).
 
-    Inputs run over each dtype's whole finite range (the S-curve's bend, anything finite,
-    +-max); the references are the formula evaluated by mpmath at the inputs as cast.
-    Raises Mismatch (an AssertionError) naming the worst element, its input and reference.
+    The same call gives the same verdict on every run and machine (fixed seeds, hypothesis
+    derandomized). Inputs run over each dtype's whole finite range; the references are the
+    formula evaluated by mpmath at the inputs as cast. A derivative with a DiracDelta term
+    is compared where it is defined, with an ``Unchecked`` warning saying where it is not.
+    Raises Mismatch (an AssertionError) naming the standard, the worst element, its input,
+    the exact value and the error in ulps.
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
@@ -506,6 +954,10 @@ def assert_matches(fn, form, *, dtypes=DTYPES, device="cpu", examples: int = 200
         raise ValueError(f"order must be 0, 1 or 2, got {order!r}")
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
         raise ValueError(f"examples must be a positive int, got {examples!r}")
+    if tolerance not in STANDARDS:
+        raise ValueError(f"tolerance must be 'ulp' or 'torch', got {tolerance!r}")
+    if isinstance(sweep, bool) or not isinstance(sweep, int) or sweep < 0:
+        raise ValueError(f"sweep must be an int >= 0, got {sweep!r}")
     s = spec(form)
     pairs = _pairs(dtypes)
     device = torch.device(device)
@@ -513,22 +965,27 @@ def assert_matches(fn, form, *, dtypes=DTYPES, device="cpu", examples: int = 200
     if unknown:
         raise ValueError(f"ranges: {sorted(unknown)} are not scalars of {s.name} "
                          f"({', '.join(p.name for p in s.params) or 'none'})")
+    for line in _unchecked(s, order):
+        warnings.warn(line, Unchecked, stacklevel=2)
+    settings_ = sweep_scalars(s, sweep, ranges) if sweep else []
     check = {0: check_values, 1: check_first}.get(order)
     for dtype, pdtype in pairs:
+        _sweep(fn, s, dtype, pdtype, device, order, tolerance, settings_)
         strategy = cases(s, dtype, pdtype, device, ranges=ranges, bias_none=bias_none)
         if order == 2:
             strategy = strategy.flatmap(lambda c: st.tuples(st.just(c), directions(c)))
 
         @settings(max_examples=examples, deadline=None, database=None, phases=PHASES,
+                  derandomize=True,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                          HealthCheck.differing_executors])
         @given(strategy)
         def run(case):
             if order == 2:
                 c, v = case
-                check_first(fn, s, *c)
-                check_second(fn, s, *c, v)
+                check_first(fn, s, *c, standard=tolerance)
+                check_second(fn, s, *c, v, standard=tolerance)
             else:
-                check(fn, s, *case)
+                check(fn, s, *case, standard=tolerance)
 
         run()

@@ -17,6 +17,14 @@ temporaries substituted back, must reduce to the original exactly.
   h = hypot(sqrt(a), z), q = z/h in [-1, 1], p = sqrt(a)/h in (0, 1]; hypot does not
   overflow, q and p are bounded, and 1 - q^2 is written p^2 (no cancellation near |q| = 1).
 
+A user's formula gets both wherever their pattern occurs (``safety_rewrite``): sech2 at every
+k - k tanh(u)^2 among the terms of a sum, isru_hypot at every power (not a positive integer)
+of a base b (a + (x - c)^2), b > 0, a not negative (``isru_sites``), each coefficient of the
+other symbols factored over h, q, p on its own, so that a derivative is printed in a form
+that does not cancel (the derivative of x/sqrt(1 + x^2) is p^2/h, not 1/h - x^2/h^3). Where
+a scalar a is negative the formula is not real near x = c, and the printed code is NaN for
+every x (sqrt(a)).
+
 Kernel rules: Triton's interpreter runs core tl math only (exp, sqrt, abs, where, maximum,
 minimum), not libdevice (tanh, cosh, hypot). Each replaces one function by a template in
 core math, proven once; an application is checked to put exactly that template there.

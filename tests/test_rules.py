@@ -47,3 +47,39 @@ def test_isru_hypot_keeps_the_backward_accurate_far_out():
     assert literal.item() == 0.0
     F.dyisru(x, beta, torch.ones(1)).sum().backward()
     assert x.grad.item() == pytest.approx(1e6 / 1e39, rel=1e-5)
+
+
+# -- the safety rules wherever their pattern occurs (a user's formula) -----------------------
+
+def test_isru_hypot_finds_its_pattern_in_any_expression():
+    import sympy as sp
+
+    from derive.rules import isru_sites
+    from derive.symbols import x
+    beta, c, alpha = (sp.Symbol(n, real=True) for n in ("beta", "c", "alpha"))
+    found = lambda e: [(s.z, s.a, s.b) for s in isru_sites(e, x)]  # noqa: E731
+    assert found(x / sp.sqrt(beta + x**2)) == [(x, beta, 1)]
+    assert found(sp.tanh(x) + x / sp.sqrt(1 + 4 * x**2)) == [(x, sp.Rational(1, 4), 4)]
+    assert found(1 / (beta + (x - c) ** 2)) == [(x - c, beta, 1)]
+    assert found(sp.sqrt(x**2 + 2 * x + 5)) == [(x + 1, 4, 1)]
+    assert found(x / sp.sqrt(x**2 - 1)) == []           # a < 0: not real for |x| < 1
+    assert found(x / sp.sqrt(1 + (alpha * x) ** 2)) == []   # alpha may be 0
+    assert found((1 + x**2) ** 2) == []                 # a polynomial: its overflow is its value
+
+
+@pytest.mark.parametrize("text,want", [
+    # d/dx x/sqrt(1 + x^2) = 1/h - x^2/h^3 literally: p^2/h, p = 1/h
+    ("x/sqrt(1+x**2)", "p**2/h"),
+    # d/dx sqrt(1 + x^2) = q; d/dx tanh(x) + ... keeps 1/cosh(x)^2 apart from p^2/h
+    ("sqrt(1+x**2)", "q"),
+    ("tanh(x)+x/sqrt(1+x**2)", "p**2/h + cosh(x)**(-2)"),
+])
+def test_the_derivative_is_printed_in_a_form_that_does_not_cancel(text, want):
+    import sympy as sp
+
+    from derive.formula import parse
+    from derive.rules import safety_rewrite
+    from derive.symbols import x
+    e = sp.diff(parse(text), x)
+    r = safety_rewrite(e, x, "test")      # each application checked (raises if not equal)
+    assert r.expr == sp.sympify(want, locals={"x": x, **{s.name: s for s in r.defs}})

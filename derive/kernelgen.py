@@ -10,12 +10,16 @@ Dtype policy (as numeric/_autograd.py): load in the tensor's dtype, compute in f
 store in the output's dtype; x is clamped to float32's finite range first, so +-inf
 saturates (zero gradient) and a NaN stays a NaN in its own element.
 
-Forward: a 1-D grid over the N*C elements of a contiguous (N, C) view, BLOCK elements per
-program; channel = offset % C indexes weight and bias; 0-dim scalars are loaded once.
-Backward: a 2-D grid (row programs, channel blocks); a program walks ``rows_per_program``
-rows in tiles of (BLOCK_R, BLOCK_C), writes grad_x, and sums every parameter's gradient
-over its rows in a fixed order into partials[k, program, channel] (float32, no atomics);
-the caller sums the partials over programs (and channels, for a 0-dim parameter).
+Forward: a 2-D grid of (BLOCK_R, BLOCK_C) tiles of a contiguous (N, C) view, one tile per
+program: the 0-dim scalars are loaded once per program, weight and bias once per channel of
+the tile (1/BLOCK_R loads per element), x once per element; no division by C.
+Backward, stage one: a 2-D grid (row programs, channel blocks); a program walks
+``rows_per_program`` rows in tiles of (BLOCK_R, BLOCK_C), writes grad_x, and sums the
+gradients of weight and bias over its rows in a fixed order into partials[k, program,
+channel], and each scalar's over its rows and channels into scalar_partials[k, program,
+channel block] (float32, no atomics). Stage two, one launch of channel blocks + 1 programs:
+each channel block sums its partials over the row programs, the last program each scalar's
+over everything, in float64 and a fixed order, into the gradients themselves.
 """
 from __future__ import annotations
 
@@ -106,46 +110,59 @@ def forward_source(kernel: Kernel) -> str:
     scalars = [p.name for p in kernel.params]
     body, ops = _lines(kernel, "    ")
     args = ", ".join(["x_ptr", *(f"{s}_ptr" for s in scalars), "weight_ptr", "bias_ptr", "y_ptr",
-                      "n_elements", "C", "HAS_BIAS: tl.constexpr", "BLOCK: tl.constexpr"])
+                      "N", "C", "HAS_BIAS: tl.constexpr", "BLOCK_R: tl.constexpr",
+                      "BLOCK_C: tl.constexpr"])
     head = [
-        "    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)",
-        "    mask = offsets < n_elements",
-        "    channel = offsets % C",
+        "    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)",
+        "    channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)",
+        "    channel_mask = channels < C",
+        "    mask = (rows < N)[:, None] & channel_mask[None, :]",
+        "    offsets = rows.to(tl.int64)[:, None] * C + channels[None, :]",
         f"    x = {_load('x', 'offsets', 'mask')}",
         *(f"    {s} = tl.load({s}_ptr).to(tl.float32)" for s in scalars),
-        f"    weight = {_load('weight', 'channel', 'mask')}",
+        f"    weight = {_load('weight', 'channels', 'channel_mask')}[None, :]",
         "    if HAS_BIAS:",
-        f"        bias = {_load('bias', 'channel', 'mask')}",
+        f"        bias = {_load('bias', 'channels', 'channel_mask')}[None, :]",
         "    else:",
         "        bias = 0.0",
     ]
     tail = ["    tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)"]
     doc = _docstring(kernel, kernel.doc, ops,
-                     "Grid: (cdiv(N*C, BLOCK),); x, y (N, C) contiguous, weight and bias (C,), "
-                     "scalars 0-dim.")
+                     "Grid: (cdiv(N, BLOCK_R), cdiv(C, BLOCK_C)); x, y (N, C) contiguous, "
+                     "weight and bias (C,), scalars 0-dim.")
     return (f"@triton.jit\ndef {kernel.name}_forward_kernel({args}):\n{doc}"
             + "\n".join(head + body + tail) + "\n")
 
 
-def reduced(kernel: Kernel) -> list[str]:
-    """The backward's outputs summed over rows (all but grad_x), in partials order."""
-    return [n for n, _ in kernel.outputs if n != "grad_x"]
+def reduced(kernel: Kernel) -> tuple[list[str], list[str]]:
+    """The backward's outputs summed over rows (all but grad_x): the scalars' (over the
+    channels too) and the per-channel ones (weight's, bias's), each in partials order."""
+    names = [n for n, _ in kernel.outputs if n != "grad_x"]
+    scalar = [f"grad_{p.name}" for p in kernel.params]
+    return scalar, [n for n in names if n not in scalar]
+
+
+def _at(k: int, stride: str) -> str:
+    """The offset of the k-th of several stacked arrays, stride elements apart."""
+    return "" if k == 0 else f"{stride} + " if k == 1 else f"{k} * {stride} + "
 
 
 def backward_source(kernel: Kernel) -> str:
     scalars = [p.name for p in kernel.params]
     body, ops = _lines(kernel, "        ")
-    sums = reduced(kernel)
+    per_scalar, per_channel = reduced(kernel)
     args = ", ".join(["grad_ptr", "x_ptr", *(f"{s}_ptr" for s in scalars), "weight_ptr",
-                      "grad_x_ptr", "partials_ptr", "N", "C", "rows_per_program",
-                      "BLOCK_R: tl.constexpr", "BLOCK_C: tl.constexpr"])
+                      "grad_x_ptr", "partials_ptr", "scalar_partials_ptr", "N", "C",
+                      "rows_per_program", "BLOCK_R: tl.constexpr", "BLOCK_C: tl.constexpr"])
     head = [
         "    program = tl.program_id(0)",
-        "    channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)",
+        "    block = tl.program_id(1)",
+        "    channels = block * BLOCK_C + tl.arange(0, BLOCK_C)",
         "    channel_mask = channels < C",
         *(f"    {s} = tl.load({s}_ptr).to(tl.float32)" for s in scalars),
         f"    weight = {_load('weight', 'channels', 'channel_mask')}[None, :]",
-        *(f"    sum_{n} = tl.zeros((BLOCK_C,), dtype=tl.float32)" for n in sums),
+        *(f"    sum_{n} = tl.zeros((BLOCK_C,), dtype=tl.float32)"
+          for n in per_scalar + per_channel),
         "    first = program * rows_per_program",
         "    for start in tl.range(first, first + rows_per_program, BLOCK_R):",
         "        rows = start + tl.arange(0, BLOCK_R)",
@@ -156,43 +173,90 @@ def backward_source(kernel: Kernel) -> str:
     ]
     loop_tail = [
         "        tl.store(grad_x_ptr + offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)",
-        *(f"        sum_{n} += tl.sum(tl.where(mask, {n}, 0.0), axis=0)" for n in sums),
+        *(f"        sum_{n} += tl.sum(tl.where(mask, {n}, 0.0), axis=0)"
+          for n in per_scalar + per_channel),
     ]
     tail = [
+        "    programs = tl.num_programs(0).to(tl.int64)",
         "    row = program.to(tl.int64) * C + channels",
-        "    stride = tl.num_programs(0).to(tl.int64) * C",
-        *(f"    tl.store(partials_ptr + {k} * stride + row, sum_{n}, mask=channel_mask)"
-          if k else f"    tl.store(partials_ptr + row, sum_{n}, mask=channel_mask)"
-          for k, n in enumerate(sums)),
+        *(f"    tl.store(partials_ptr + {_at(k, 'programs * C')}row, sum_{n}, mask=channel_mask)"
+          for k, n in enumerate(per_channel)),
+        "    cell = program.to(tl.int64) * tl.num_programs(1) + block",
+        *(f"    tl.store(scalar_partials_ptr + {_at(k, 'programs * tl.num_programs(1)')}cell, "
+          f"tl.sum(sum_{n}, axis=0))" for k, n in enumerate(per_scalar)),
     ]
-    layout = ", ".join(f"{k}: {n}" for k, n in enumerate(sums))
+    layout = lambda ns: ", ".join(f"{k}: {n}" for k, n in enumerate(ns))  # noqa: E731
     doc = _docstring(kernel, kernel.doc, ops,
                      "Grid: (row programs, cdiv(C, BLOCK_C)); grad, x, grad_x (N, C) "
                      "contiguous; rows_per_program a multiple of BLOCK_R.\npartials "
-                     f"(float32, {len(sums)} x row programs x C), k = {layout}.")
+                     f"(float32, {len(per_channel)} x row programs x C), k = "
+                     f"{layout(per_channel)}; scalar_partials (float32, {len(per_scalar)} x "
+                     f"row programs x channel blocks), k = {layout(per_scalar)}.")
     return (f"@triton.jit\ndef {kernel.name}_backward_kernel({args}):\n{doc}"
             + "\n".join(head + body + loop_tail + tail) + "\n")
 
 
+def sums_source(kernel: Kernel) -> str:
+    """Stage two of the backward: the partials summed in float64 into the gradients."""
+    per_scalar, per_channel = reduced(kernel)
+    args = ", ".join(["partials_ptr", "scalar_partials_ptr",
+                      *(f"{n}_ptr" for n in per_scalar + per_channel), "programs", "C",
+                      "channel_blocks", "BLOCK_C: tl.constexpr", "BLOCK: tl.constexpr"])
+    lines = [
+        "    block = tl.program_id(0)",
+        "    if block < channel_blocks:",
+        "        channels = block * BLOCK_C + tl.arange(0, BLOCK_C)",
+        "        mask = channels < C",
+        *(f"        {n} = tl.zeros((BLOCK_C,), dtype=tl.float64)" for n in per_channel),
+        "        row = channels.to(tl.int64)",
+        "        for program in tl.range(0, programs):",
+        *(f"            {n} += tl.load(partials_ptr + {_at(k, 'programs * C')}row, mask=mask, "
+          "other=0.0).to(tl.float64)" for k, n in enumerate(per_channel)),
+        "            row += C",
+        *(f"        tl.store({n}_ptr + channels, {n}, mask=mask)" for n in per_channel),
+        "    else:",
+        "        cells = programs * channel_blocks",
+        *(f"        {n} = tl.zeros((BLOCK,), dtype=tl.float64)" for n in per_scalar),
+        "        for start in tl.range(0, cells, BLOCK):",
+        "            at = start + tl.arange(0, BLOCK)",
+        *(f"            {n} += tl.load(scalar_partials_ptr + {_at(k, 'cells')}at, "
+          "mask=at < cells, other=0.0).to(tl.float64)" for k, n in enumerate(per_scalar)),
+        *(f"        tl.store({n}_ptr, tl.sum({n}, axis=0))" for n in per_scalar),
+    ]
+    doc = (f'    """{kernel.name}: stage two of the backward, one launch. Grid: (channel_blocks '
+           "+ 1,); program b < channel_blocks sums\n    partials[k, :, its channels] over "
+           "the row programs into the per-channel gradients, the last\n    program each "
+           "scalar's scalar_partials[k] into its 0-dim gradient; float64, a fixed order.\n"
+           '    """\n')
+    return (f"@triton.jit\ndef {kernel.name}_sums_kernel({args}):\n{doc}"
+            + "\n".join(lines) + "\n")
+
+
 def kernels_module() -> str:
     pairs = [_kernels(name) for name in FORMS]
-    names = [f"{f.name}_{what}_kernel" for f, _ in pairs for what in ("forward", "backward")]
+    roles = ("forward", "backward", "sums")
+    names = [f"{f.name}_{role}_kernel" for f, _ in pairs for role in roles]
     quoted = lambda ns: ", ".join(f'"{n}"' for n in ns)  # noqa: E731
-    table = "\n".join(f'    "{b.name}": ({quoted(reduced(b))}),' for _, b in pairs)
-    body = "\n\n".join(f"{forward_source(f)}\n\n{backward_source(b)}" for f, b in pairs)
-    all_names = quoted([*names, "FLOAT32_MAX", "PARTIALS"])
+    table = "\n".join(f'    "{f.name}": FormKernels('
+                      + ", ".join(f"{f.name}_{role}_kernel" for role in roles) + "),"
+                      for f, _ in pairs)
+    body = "\n\n".join(f"{forward_source(f)}\n\n{backward_source(b)}\n\n{sums_source(b)}"
+                        for f, b in pairs)
+    all_names = quoted([*names, "FLOAT32_MAX", "FormKernels", "KERNELS"])
     return (f'{BANNER}"""Triton kernels of the layer forms DyT, DyISRU and their LayerNorm '
-            "forms.\n\nForward and backward per form, printed from the catalog's "
-            "expressions and their derivatives\n(derive/kernelgen.py). Core tl math only "
-            "(exp, sqrt, abs, where, maximum, minimum):\nthey run in Triton's interpreter "
-            "(TRITON_INTERPRET=1) as on a GPU. Compute in float32; load\nand store in the "
-            'tensors\' own dtypes. numeric/kernels.py launches them.\n"""\n'
-            "import triton\nimport triton.language as tl\n\n"
+            "forms.\n\nForward, backward and the backward's second stage per form, printed "
+            "from the catalog's\nexpressions and their derivatives (derive/kernelgen.py). "
+            "Core tl math only (exp, sqrt,\nabs, where, maximum, minimum): they run in "
+            "Triton's interpreter (TRITON_INTERPRET=1) as\non a GPU. Compute in float32 "
+            "(the second stage's sums in float64); load and store in the\ntensors' own "
+            'dtypes. numeric/kernels.py launches them.\n"""\n'
+            "from typing import NamedTuple\n\nimport triton\nimport triton.language as tl\n\n"
             f"__all__ = [{all_names}]\n\n"
             "#: x is clamped to float32's finite range: +-inf saturates with zero gradient.\n"
-            f"FLOAT32_MAX = tl.constexpr({float.fromhex('0x1.fffffep+127')!r})\n\n"
-            "#: form -> the backward's outputs summed into partials[k], in order k = 0, 1, ...\n"
-            f"PARTIALS = {{\n{table}\n}}\n\n\n{body}")
+            f"FLOAT32_MAX = tl.constexpr({float.fromhex('0x1.fffffep+127')!r})\n\n\n{body}"
+            "\n\nclass FormKernels(NamedTuple):\n    forward: object\n    backward: object\n"
+            "    sums: object\n\n\n#: form -> its kernels.\n"
+            f"KERNELS = {{\n{table}\n}}\n")
 
 
 def sources() -> dict:

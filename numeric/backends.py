@@ -86,7 +86,10 @@ def choose(x: torch.Tensor) -> str:
     if want == "torch" or x.dtype == torch.float64:
         return "torch"
     if torch.compiler.is_compiling():   # it fuses CPU code itself; Triton stays one op
-        return "triton" if x.device.type == "cuda" and want in ("auto", "triton") else "torch"
+        if want == "triton":
+            kernels.check_device(x)
+            return "triton"
+        return "triton" if want == "auto" and x.device.type == "cuda" else "torch"
     if _transformed(x):
         return "torch"
     if want == "triton" or (want == "auto" and x.device.type == "cuda" and _triton_installed()):
@@ -271,11 +274,11 @@ def fused_backward(code, grad, x, scalars, weight):
 # -- Triton ---------------------------------------------------------------------------------
 
 def triton_forward(code, x, scalars, weight, bias):
-    return kernels.forward(code.name, x, scalars, weight, bias)
+    return kernels.OPS[code.name].forward(x, scalars, weight, bias)
 
 
 def triton_backward(code, grad, x, scalars, weight):
-    return kernels.backward(code.name, grad, x, scalars, weight)
+    return kernels.OPS[code.name].backward(grad, x, scalars, weight)
 
 
 #: backend -> (forward, backward).

@@ -1,23 +1,27 @@
-"""The Triton backend: the generated kernels of the layer forms, as torch custom ops.
+"""The Triton backend: the generated kernels of the layer forms, launched, and as torch ops.
 
 numeric.backends runs these for CUDA tensors (and, with set_backend("triton"), for CPU
-tensors through Triton's interpreter, TRITON_INTERPRET=1); nothing calls them directly.
+tensors through Triton's interpreter, TRITON_INTERPRET=1), through OPS[form]:
 
-    forward(name, x, scalars, weight, bias) -> y
-    backward(name, grad, x, scalars, weight) -> (grad_x, [grad of each scalar], grad_weight,
-                                                 grad_bias)
+    OPS[form].forward(x, scalars, weight, bias) -> y
+    OPS[form].backward(grad, x, scalars, weight) -> (grad_x, [grad of each scalar],
+                                                     grad_weight, grad_bias)
 
-as every backend (numeric/backends.py). Ops (torch.compile and torch.export see each as one
-node, shapes from register_fake): ``dynorm::{form}_fwd(x, scalars..., weight, bias?) -> y``
-and ``dynorm::{form}_bwd(grad, x, scalars..., weight) -> (grad_x, grad_scalars...,
-grad_weight, grad_bias)``; grad_x in x's dtype, the parameters' gradients in float64.
+as every backend (numeric/backends.py). An eager call launches the kernels directly; a call
+being traced (torch.compile, torch.export, make_fx) goes through the form's two custom ops,
+which the graph shows as one node each, shapes from their fake kernels:
+``dynorm::dyt_forward(x, alpha, weight, bias?) -> y`` and ``dynorm::dyt_backward(grad, x,
+alpha, weight) -> (grad_x, grad_alpha, grad_weight, grad_bias)``, and so on per form; grad_x
+in x's dtype, the parameters' gradients in float64.
+
 The kernels (numeric/generated/kernels.py) load each tensor in its own dtype, compute in
-float32, clamp x to float32's finite range and store in the output's dtype. The backward
-recomputes from x and sums the parameters' gradients in two deterministic stages without
-atomics: per row program in float32 (partials), then over the programs in float64.
+float32, clamp x to float32's finite range and store in the output's dtype. The forward is
+one launch of (BLOCK_R, BLOCK_C) tiles. The backward recomputes from x and sums the
+parameters' gradients in two deterministic stages without atomics: per row program in
+float32 (partials), then one launch that sums them over the programs in float64.
 
 Importing this module loads torch only: triton is imported when a kernel is first
-launched. (The first call of any torch custom op imports torch._dynamo, which in turn
+launched. (Defining and calling torch custom ops imports torch._dynamo, which in turn
 imports SymPy, and triton where it is installed: torch's doing, not a launch.)
 """
 from __future__ import annotations
@@ -25,16 +29,22 @@ from __future__ import annotations
 import os
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
+
+from .generated.forms import FORMS
 
 
-#: Forward: elements per program of the 1-D grid.
-BLOCK = 1024
+#: Forward: elements per program (a (BLOCK_R, BLOCK_C) tile) and its widest BLOCK_C.
+FORWARD_TILE = 4096
+FORWARD_BLOCK_C_MAX = 1024
 #: Backward: channels per program (at most) and elements per (BLOCK_R, BLOCK_C) tile.
 BLOCK_C_MAX = 128
 TILE = 2048
 #: Backward: at most this many row programs, so the partials are at most (k, 256, C);
 #: a function of the shape only, so the sums' order is the same on every device.
 ROW_PROGRAMS = 256
+#: Backward, stage two: the scalars' partials summed BLOCK at a time.
+SUMS_BLOCK = 1024
 
 
 def _interpreting() -> bool:
@@ -70,67 +80,131 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-# -- the launches -------------------------------------------------------------------------
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+# -- the grids ------------------------------------------------------------------------------
+
+def forward_grid(N: int, C: int) -> dict:
+    """Block sizes and grid of the forward for N rows of C channels: tiles of FORWARD_TILE
+    elements (fewer where C is narrower), at most FORWARD_BLOCK_C_MAX channels wide."""
+    block_c = min(FORWARD_BLOCK_C_MAX, _pow2(C))
+    block_r = max(1, FORWARD_TILE // block_c)
+    return {"BLOCK_R": block_r, "BLOCK_C": block_c, "grid": (_cdiv(N, block_r), _cdiv(C, block_c))}
+
 
 def backward_grid(N: int, C: int) -> dict:
     """Block sizes and programs of the backward for N rows of C channels."""
-    block_c = min(BLOCK_C_MAX, 1 << max(C - 1, 0).bit_length())
+    block_c = min(BLOCK_C_MAX, _pow2(C))
     block_r = TILE // block_c
     rows_per_program = block_r * _cdiv(_cdiv(N, block_r), ROW_PROGRAMS)
     return {"BLOCK_R": block_r, "BLOCK_C": block_c, "rows_per_program": rows_per_program,
             "programs": _cdiv(N, rows_per_program), "channel_blocks": _cdiv(C, block_c)}
 
 
-@torch.library.custom_op("dynorm::form_forward", mutates_args=())
-def forward(name: str, x: torch.Tensor, scalars: list[torch.Tensor], weight: torch.Tensor,
-            bias: torch.Tensor | None) -> torch.Tensor:
-    """y = weight * f(x; scalars) + bias of form ``name`` by its Triton kernel."""
+# -- the launches ---------------------------------------------------------------------------
+
+def launch_forward(form: str, x, scalars, weight, bias):
+    """y = weight * f(x; scalars) + bias by the form's kernel (x (..., C); y x's dtype)."""
     x = x.contiguous()
     y = torch.empty_like(x)
-    n = x.numel()
-    if n:
-        kernel = getattr(_kernels(x), f"{name}_forward_kernel")
-        kernel[(_cdiv(n, BLOCK),)](x, *(s.reshape(()) for s in scalars), weight.contiguous(),
-                                   None if bias is None else bias.contiguous(), y, n,
-                                   x.shape[-1], HAS_BIAS=bias is not None, BLOCK=BLOCK)
+    C = x.shape[-1]
+    N = x.numel() // C if C else 0
+    if N and C:
+        g = forward_grid(N, C)
+        _kernels(x).KERNELS[form].forward[g["grid"]](
+            x, *(s.reshape(()) for s in scalars), weight.contiguous(),
+            None if bias is None else bias.contiguous(), y, N, C, HAS_BIAS=bias is not None,
+            BLOCK_R=g["BLOCK_R"], BLOCK_C=g["BLOCK_C"])
     return y
 
 
-@forward.register_fake
-def _(name, x, scalars, weight, bias):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-@torch.library.custom_op("dynorm::form_backward", mutates_args=())
-def backward(name: str, grad: torch.Tensor, x: torch.Tensor, scalars: list[torch.Tensor],
-             weight: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor,
-                                            torch.Tensor]:
-    """(grad_x, [grad of each scalar], grad_weight, grad_bias) of form ``name`` by its
-    Triton kernel: grad_x in x's dtype, the sums in float64."""
+def launch_backward(form: str, grad, x, scalars, weight):
+    """(grad_x, [grad of each scalar], grad_weight, grad_bias) by the form's two stages:
+    grad_x in x's dtype, the sums in float64."""
     x, grad = x.contiguous(), grad.contiguous()
     C = x.shape[-1]
     N = x.numel() // C if C else 0
     grad_x = torch.empty_like(x)
-    K = _kernels(x)
-    sums = K.PARTIALS[name]                       # grad of each scalar, weight, bias
-    if N == 0 or C == 0:
-        partials = torch.zeros((len(sums), 1, C), dtype=torch.float32, device=x.device)
-    else:
+    f64 = dict(dtype=torch.float64, device=x.device)
+    sums = [torch.zeros((), **f64) for _ in scalars] + [torch.zeros((C,), **f64)
+                                                         for _ in range(2)]
+    if N and C:
         g = backward_grid(N, C)
-        partials = torch.empty((len(sums), g["programs"], C), dtype=torch.float32,
-                               device=x.device)  # (k, row programs, C)
-        kernel = getattr(K, f"{name}_backward_kernel")
-        kernel[(g["programs"], g["channel_blocks"])](
-            grad, x, *(s.reshape(()) for s in scalars), weight.contiguous(), grad_x, partials,
-            N, C, g["rows_per_program"], BLOCK_R=g["BLOCK_R"], BLOCK_C=g["BLOCK_C"])
-    totals = partials.sum(1, dtype=torch.float64)  # stage two: (k, C), a fixed order
-    n = len(scalars)
-    return grad_x, [totals[k].sum() for k in range(n)], totals[n].clone(), totals[n + 1].clone()
+        P, B = g["programs"], g["channel_blocks"]
+        f32 = dict(dtype=torch.float32, device=x.device)
+        partials = torch.empty((2, P, C), **f32)               # weight's, bias's
+        scalar_partials = torch.empty((len(scalars), P, B), **f32)
+        k = _kernels(x).KERNELS[form]
+        k.backward[(P, B)](grad, x, *(s.reshape(()) for s in scalars), weight.contiguous(),
+                           grad_x, partials, scalar_partials, N, C, g["rows_per_program"],
+                           BLOCK_R=g["BLOCK_R"], BLOCK_C=g["BLOCK_C"])
+        k.sums[(B + 1,)](partials, scalar_partials, *sums, P, C, B, BLOCK_C=g["BLOCK_C"],
+                         BLOCK=SUMS_BLOCK)
+    *gs, gw, gb = sums
+    return grad_x, gs, gw, gb
 
 
-@backward.register_fake
-def _(name, grad, x, scalars, weight):
-    C, f64 = x.shape[-1], torch.float64
-    return (torch.empty_like(x, memory_format=torch.contiguous_format),
-            [x.new_empty((), dtype=f64) for _ in scalars],
-            x.new_empty((C,), dtype=f64), x.new_empty((C,), dtype=f64))
+# -- the ops: what torch.compile and torch.export see ------------------------------------------
+
+class FormOps:
+    """One form's two custom ops, ``dynorm::{form}_forward`` and ``dynorm::{form}_backward``,
+    in the functional's argument order (x, scalars..., weight, bias), and the calls that
+    choose between them and a direct launch."""
+
+    def __init__(self, form: str, scalars: tuple[str, ...]):
+        self.form = form
+        ts = "".join(f"Tensor {s}, " for s in scalars)
+        outs = ", ".join(["Tensor grad_x", *(f"Tensor grad_{s}" for s in scalars),
+                          "Tensor grad_weight", "Tensor grad_bias"])
+        n = len(scalars)
+
+        def forward(x, *args):
+            *ss, weight, bias = args
+            return launch_forward(form, x, ss, weight, bias)
+
+        def backward(grad, x, *args):
+            *ss, weight = args
+            gx, gs, gw, gb = launch_backward(form, grad, x, ss, weight)
+            return (gx, *gs, gw, gb)
+
+        def forward_fake(x, *args):
+            return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+        def backward_fake(grad, x, *args):
+            C, f64 = x.shape[-1], torch.float64
+            return (torch.empty_like(x, memory_format=torch.contiguous_format),
+                    *(x.new_empty((), dtype=f64) for _ in range(n)),
+                    x.new_empty((C,), dtype=f64), x.new_empty((C,), dtype=f64))
+
+        self.forward_op = torch.library.custom_op(
+            f"dynorm::{form}_forward", forward, mutates_args=(),
+            schema=f"(Tensor x, {ts}Tensor weight, Tensor? bias) -> Tensor")
+        self.forward_op.register_fake(forward_fake)
+        self.backward_op = torch.library.custom_op(
+            f"dynorm::{form}_backward", backward, mutates_args=(),
+            schema=f"(Tensor grad, Tensor x, {ts}Tensor weight) -> ({outs})")
+        self.backward_op.register_fake(backward_fake)
+
+    def forward(self, x, scalars, weight, bias):
+        if _traced(x):
+            return self.forward_op(x, *scalars, weight, bias)
+        return launch_forward(self.form, x, scalars, weight, bias)
+
+    def backward(self, grad, x, scalars, weight):
+        if _traced(x):
+            gx, *gs, gw, gb = self.backward_op(grad, x, *scalars, weight)
+            return gx, gs, gw, gb
+        return launch_backward(self.form, grad, x, scalars, weight)
+
+
+def _traced(x: torch.Tensor) -> bool:
+    """Whether a graph is being made of this call (torch.compile, torch.export, make_fx, a
+    tensor subclass or a dispatch mode): then the op; else the kernels launch directly."""
+    return (torch.compiler.is_compiling() or type(x) is not torch.Tensor
+            or _current_dispatch_mode() is not None)
+
+
+#: form -> its ops.
+OPS = {name: FormOps(name, form.scalars) for name, form in FORMS.items()}

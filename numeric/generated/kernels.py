@@ -2,46 +2,42 @@
 # Regenerate after changing derive/; `python -m derive generate --check` verifies.
 """Triton kernels of the layer forms DyT, DyISRU and their LayerNorm forms.
 
-Forward and backward per form, printed from the catalog's expressions and their derivatives
-(derive/kernelgen.py). Core tl math only (exp, sqrt, abs, where, maximum, minimum):
-they run in Triton's interpreter (TRITON_INTERPRET=1) as on a GPU. Compute in float32; load
-and store in the tensors' own dtypes. numeric/kernels.py launches them.
+Forward, backward and the backward's second stage per form, printed from the catalog's
+expressions and their derivatives (derive/kernelgen.py). Core tl math only (exp, sqrt,
+abs, where, maximum, minimum): they run in Triton's interpreter (TRITON_INTERPRET=1) as
+on a GPU. Compute in float32 (the second stage's sums in float64); load and store in the
+tensors' own dtypes. numeric/kernels.py launches them.
 """
+from typing import NamedTuple
+
 import triton
 import triton.language as tl
 
-__all__ = ["dyt_forward_kernel", "dyt_backward_kernel", "dyisru_forward_kernel", "dyisru_backward_kernel", "dyt_ln_forward_kernel", "dyt_ln_backward_kernel", "dyisru_ln_forward_kernel", "dyisru_ln_backward_kernel", "derf_forward_kernel", "derf_backward_kernel", "FLOAT32_MAX", "PARTIALS"]
+__all__ = ["dyt_forward_kernel", "dyt_backward_kernel", "dyt_sums_kernel", "dyisru_forward_kernel", "dyisru_backward_kernel", "dyisru_sums_kernel", "dyt_ln_forward_kernel", "dyt_ln_backward_kernel", "dyt_ln_sums_kernel", "dyisru_ln_forward_kernel", "dyisru_ln_backward_kernel", "dyisru_ln_sums_kernel", "derf_forward_kernel", "derf_backward_kernel", "derf_sums_kernel", "FLOAT32_MAX", "FormKernels", "KERNELS"]
 
 #: x is clamped to float32's finite range: +-inf saturates with zero gradient.
 FLOAT32_MAX = tl.constexpr(3.4028234663852886e+38)
 
-#: form -> the backward's outputs summed into partials[k], in order k = 0, 1, ...
-PARTIALS = {
-    "dyt": ("grad_alpha", "grad_weight", "grad_bias"),
-    "dyisru": ("grad_beta", "grad_weight", "grad_bias"),
-    "dyt_ln": ("grad_alpha", "grad_shift", "grad_weight", "grad_bias"),
-    "dyisru_ln": ("grad_beta", "grad_shift", "grad_weight", "grad_bias"),
-    "derf": ("grad_alpha", "grad_shift", "grad_weight", "grad_bias"),
-}
-
 
 @triton.jit
-def dyt_forward_kernel(x_ptr, alpha_ptr, weight_ptr, bias_ptr, y_ptr, n_elements, C, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+def dyt_forward_kernel(x_ptr, alpha_ptr, weight_ptr, bias_ptr, y_ptr, N, C, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """dyt: y[n, c] = bias + weight*tanh(alpha*x)
 
     From the catalog's dyt = gamma*tanh(alpha*x).
-    Kernel rules: tanh_exp. Grid: (cdiv(N*C, BLOCK),); x, y (N, C) contiguous, weight and bias (C,), scalars 0-dim.
+    Kernel rules: tanh_exp. Grid: (cdiv(N, BLOCK_R), cdiv(C, BLOCK_C)); x, y (N, C) contiguous, weight and bias (C,), scalars 0-dim.
 
     Operations after CSE: 28.
     """
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < n_elements
-    channel = offsets % C
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    channel_mask = channels < C
+    mask = (rows < N)[:, None] & channel_mask[None, :]
+    offsets = rows.to(tl.int64)[:, None] * C + channels[None, :]
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     alpha = tl.load(alpha_ptr).to(tl.float32)
-    weight = tl.load(weight_ptr + channel, mask=mask, other=0.0).to(tl.float32)
+    weight = tl.load(weight_ptr + channels, mask=channel_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + channel, mask=mask, other=0.0).to(tl.float32)
+        bias = tl.load(bias_ptr + channels, mask=channel_mask, other=0.0).to(tl.float32)[None, :]
     else:
         bias = 0.0
     x = tl.maximum(-FLOAT32_MAX, tl.minimum(FLOAT32_MAX, x, propagate_nan=tl.PropagateNan.ALL), propagate_nan=tl.PropagateNan.ALL)
@@ -54,7 +50,7 @@ def dyt_forward_kernel(x_ptr, alpha_ptr, weight_ptr, bias_ptr, y_ptr, n_elements
 
 
 @triton.jit
-def dyt_backward_kernel(grad_ptr, x_ptr, alpha_ptr, weight_ptr, grad_x_ptr, partials_ptr, N, C, rows_per_program, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def dyt_backward_kernel(grad_ptr, x_ptr, alpha_ptr, weight_ptr, grad_x_ptr, partials_ptr, scalar_partials_ptr, N, C, rows_per_program, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """dyt: the derivatives of y = bias + weight*tanh(alpha*x), times grad; grad_x element by element, the others summed over the rows:
 
         grad_x = grad * alpha*weight*(1 - tanh(alpha*x)**2)
@@ -64,12 +60,13 @@ def dyt_backward_kernel(grad_ptr, x_ptr, alpha_ptr, weight_ptr, grad_x_ptr, part
 
     From the catalog's dyt = gamma*tanh(alpha*x).
     Kernel rules: tanh_exp, sech2_exp. Grid: (row programs, cdiv(C, BLOCK_C)); grad, x, grad_x (N, C) contiguous; rows_per_program a multiple of BLOCK_R.
-    partials (float32, 3 x row programs x C), k = 0: grad_alpha, 1: grad_weight, 2: grad_bias.
+    partials (float32, 2 x row programs x C), k = 0: grad_weight, 1: grad_bias; scalar_partials (float32, 1 x row programs x channel blocks), k = 0: grad_alpha.
 
     Operations after CSE: 34.
     """
     program = tl.program_id(0)
-    channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    block = tl.program_id(1)
+    channels = block * BLOCK_C + tl.arange(0, BLOCK_C)
     channel_mask = channels < C
     alpha = tl.load(alpha_ptr).to(tl.float32)
     weight = tl.load(weight_ptr + channels, mask=channel_mask, other=0.0).to(tl.float32)[None, :]
@@ -98,30 +95,61 @@ def dyt_backward_kernel(grad_ptr, x_ptr, alpha_ptr, weight_ptr, grad_x_ptr, part
         sum_grad_alpha += tl.sum(tl.where(mask, grad_alpha, 0.0), axis=0)
         sum_grad_weight += tl.sum(tl.where(mask, grad_weight, 0.0), axis=0)
         sum_grad_bias += tl.sum(tl.where(mask, grad_bias, 0.0), axis=0)
+    programs = tl.num_programs(0).to(tl.int64)
     row = program.to(tl.int64) * C + channels
-    stride = tl.num_programs(0).to(tl.int64) * C
-    tl.store(partials_ptr + row, sum_grad_alpha, mask=channel_mask)
-    tl.store(partials_ptr + 1 * stride + row, sum_grad_weight, mask=channel_mask)
-    tl.store(partials_ptr + 2 * stride + row, sum_grad_bias, mask=channel_mask)
+    tl.store(partials_ptr + row, sum_grad_weight, mask=channel_mask)
+    tl.store(partials_ptr + programs * C + row, sum_grad_bias, mask=channel_mask)
+    cell = program.to(tl.int64) * tl.num_programs(1) + block
+    tl.store(scalar_partials_ptr + cell, tl.sum(sum_grad_alpha, axis=0))
 
 
 @triton.jit
-def dyisru_forward_kernel(x_ptr, beta_ptr, weight_ptr, bias_ptr, y_ptr, n_elements, C, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+def dyt_sums_kernel(partials_ptr, scalar_partials_ptr, grad_alpha_ptr, grad_weight_ptr, grad_bias_ptr, programs, C, channel_blocks, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
+    """dyt: stage two of the backward, one launch. Grid: (channel_blocks + 1,); program b < channel_blocks sums
+    partials[k, :, its channels] over the row programs into the per-channel gradients, the last
+    program each scalar's scalar_partials[k] into its 0-dim gradient; float64, a fixed order.
+    """
+    block = tl.program_id(0)
+    if block < channel_blocks:
+        channels = block * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask = channels < C
+        grad_weight = tl.zeros((BLOCK_C,), dtype=tl.float64)
+        grad_bias = tl.zeros((BLOCK_C,), dtype=tl.float64)
+        row = channels.to(tl.int64)
+        for program in tl.range(0, programs):
+            grad_weight += tl.load(partials_ptr + row, mask=mask, other=0.0).to(tl.float64)
+            grad_bias += tl.load(partials_ptr + programs * C + row, mask=mask, other=0.0).to(tl.float64)
+            row += C
+        tl.store(grad_weight_ptr + channels, grad_weight, mask=mask)
+        tl.store(grad_bias_ptr + channels, grad_bias, mask=mask)
+    else:
+        cells = programs * channel_blocks
+        grad_alpha = tl.zeros((BLOCK,), dtype=tl.float64)
+        for start in tl.range(0, cells, BLOCK):
+            at = start + tl.arange(0, BLOCK)
+            grad_alpha += tl.load(scalar_partials_ptr + at, mask=at < cells, other=0.0).to(tl.float64)
+        tl.store(grad_alpha_ptr, tl.sum(grad_alpha, axis=0))
+
+
+@triton.jit
+def dyisru_forward_kernel(x_ptr, beta_ptr, weight_ptr, bias_ptr, y_ptr, N, C, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """dyisru: y[n, c] = bias + weight*x/sqrt(beta + x**2)
 
     From the catalog's dyisru = sqrt(C)*x/sqrt(beta + x**2).
-    Kernel rules: hypot_minmax. Grid: (cdiv(N*C, BLOCK),); x, y (N, C) contiguous, weight and bias (C,), scalars 0-dim.
+    Kernel rules: hypot_minmax. Grid: (cdiv(N, BLOCK_R), cdiv(C, BLOCK_C)); x, y (N, C) contiguous, weight and bias (C,), scalars 0-dim.
 
     Operations after CSE: 15.
     """
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < n_elements
-    channel = offsets % C
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    channel_mask = channels < C
+    mask = (rows < N)[:, None] & channel_mask[None, :]
+    offsets = rows.to(tl.int64)[:, None] * C + channels[None, :]
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     beta = tl.load(beta_ptr).to(tl.float32)
-    weight = tl.load(weight_ptr + channel, mask=mask, other=0.0).to(tl.float32)
+    weight = tl.load(weight_ptr + channels, mask=channel_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + channel, mask=mask, other=0.0).to(tl.float32)
+        bias = tl.load(bias_ptr + channels, mask=channel_mask, other=0.0).to(tl.float32)[None, :]
     else:
         bias = 0.0
     x = tl.maximum(-FLOAT32_MAX, tl.minimum(FLOAT32_MAX, x, propagate_nan=tl.PropagateNan.ALL), propagate_nan=tl.PropagateNan.ALL)
@@ -137,7 +165,7 @@ def dyisru_forward_kernel(x_ptr, beta_ptr, weight_ptr, bias_ptr, y_ptr, n_elemen
 
 
 @triton.jit
-def dyisru_backward_kernel(grad_ptr, x_ptr, beta_ptr, weight_ptr, grad_x_ptr, partials_ptr, N, C, rows_per_program, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def dyisru_backward_kernel(grad_ptr, x_ptr, beta_ptr, weight_ptr, grad_x_ptr, partials_ptr, scalar_partials_ptr, N, C, rows_per_program, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """dyisru: the derivatives of y = bias + weight*x/sqrt(beta + x**2), times grad; grad_x element by element, the others summed over the rows:
 
         grad_x = grad * -weight*x**2/(beta + x**2)**(3/2) + weight/sqrt(beta + x**2)
@@ -147,12 +175,13 @@ def dyisru_backward_kernel(grad_ptr, x_ptr, beta_ptr, weight_ptr, grad_x_ptr, pa
 
     From the catalog's dyisru = sqrt(C)*x/sqrt(beta + x**2).
     Kernel rules: hypot_minmax. Grid: (row programs, cdiv(C, BLOCK_C)); grad, x, grad_x (N, C) contiguous; rows_per_program a multiple of BLOCK_R.
-    partials (float32, 3 x row programs x C), k = 0: grad_beta, 1: grad_weight, 2: grad_bias.
+    partials (float32, 2 x row programs x C), k = 0: grad_weight, 1: grad_bias; scalar_partials (float32, 1 x row programs x channel blocks), k = 0: grad_beta.
 
     Operations after CSE: 25.
     """
     program = tl.program_id(0)
-    channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    block = tl.program_id(1)
+    channels = block * BLOCK_C + tl.arange(0, BLOCK_C)
     channel_mask = channels < C
     beta = tl.load(beta_ptr).to(tl.float32)
     weight = tl.load(weight_ptr + channels, mask=channel_mask, other=0.0).to(tl.float32)[None, :]
@@ -185,31 +214,62 @@ def dyisru_backward_kernel(grad_ptr, x_ptr, beta_ptr, weight_ptr, grad_x_ptr, pa
         sum_grad_beta += tl.sum(tl.where(mask, grad_beta, 0.0), axis=0)
         sum_grad_weight += tl.sum(tl.where(mask, grad_weight, 0.0), axis=0)
         sum_grad_bias += tl.sum(tl.where(mask, grad_bias, 0.0), axis=0)
+    programs = tl.num_programs(0).to(tl.int64)
     row = program.to(tl.int64) * C + channels
-    stride = tl.num_programs(0).to(tl.int64) * C
-    tl.store(partials_ptr + row, sum_grad_beta, mask=channel_mask)
-    tl.store(partials_ptr + 1 * stride + row, sum_grad_weight, mask=channel_mask)
-    tl.store(partials_ptr + 2 * stride + row, sum_grad_bias, mask=channel_mask)
+    tl.store(partials_ptr + row, sum_grad_weight, mask=channel_mask)
+    tl.store(partials_ptr + programs * C + row, sum_grad_bias, mask=channel_mask)
+    cell = program.to(tl.int64) * tl.num_programs(1) + block
+    tl.store(scalar_partials_ptr + cell, tl.sum(sum_grad_beta, axis=0))
 
 
 @triton.jit
-def dyt_ln_forward_kernel(x_ptr, alpha_ptr, shift_ptr, weight_ptr, bias_ptr, y_ptr, n_elements, C, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+def dyisru_sums_kernel(partials_ptr, scalar_partials_ptr, grad_beta_ptr, grad_weight_ptr, grad_bias_ptr, programs, C, channel_blocks, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
+    """dyisru: stage two of the backward, one launch. Grid: (channel_blocks + 1,); program b < channel_blocks sums
+    partials[k, :, its channels] over the row programs into the per-channel gradients, the last
+    program each scalar's scalar_partials[k] into its 0-dim gradient; float64, a fixed order.
+    """
+    block = tl.program_id(0)
+    if block < channel_blocks:
+        channels = block * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask = channels < C
+        grad_weight = tl.zeros((BLOCK_C,), dtype=tl.float64)
+        grad_bias = tl.zeros((BLOCK_C,), dtype=tl.float64)
+        row = channels.to(tl.int64)
+        for program in tl.range(0, programs):
+            grad_weight += tl.load(partials_ptr + row, mask=mask, other=0.0).to(tl.float64)
+            grad_bias += tl.load(partials_ptr + programs * C + row, mask=mask, other=0.0).to(tl.float64)
+            row += C
+        tl.store(grad_weight_ptr + channels, grad_weight, mask=mask)
+        tl.store(grad_bias_ptr + channels, grad_bias, mask=mask)
+    else:
+        cells = programs * channel_blocks
+        grad_beta = tl.zeros((BLOCK,), dtype=tl.float64)
+        for start in tl.range(0, cells, BLOCK):
+            at = start + tl.arange(0, BLOCK)
+            grad_beta += tl.load(scalar_partials_ptr + at, mask=at < cells, other=0.0).to(tl.float64)
+        tl.store(grad_beta_ptr, tl.sum(grad_beta, axis=0))
+
+
+@triton.jit
+def dyt_ln_forward_kernel(x_ptr, alpha_ptr, shift_ptr, weight_ptr, bias_ptr, y_ptr, N, C, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """dyt_ln: y[n, c] = bias + weight*tanh(alpha*z), z = x - shift
 
     From the catalog's dyt_ln = gamma*tanh(alpha*(-mu + x)).
-    Kernel rules: tanh_exp. Grid: (cdiv(N*C, BLOCK),); x, y (N, C) contiguous, weight and bias (C,), scalars 0-dim.
+    Kernel rules: tanh_exp. Grid: (cdiv(N, BLOCK_R), cdiv(C, BLOCK_C)); x, y (N, C) contiguous, weight and bias (C,), scalars 0-dim.
 
     Operations after CSE: 28.
     """
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < n_elements
-    channel = offsets % C
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    channel_mask = channels < C
+    mask = (rows < N)[:, None] & channel_mask[None, :]
+    offsets = rows.to(tl.int64)[:, None] * C + channels[None, :]
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     alpha = tl.load(alpha_ptr).to(tl.float32)
     shift = tl.load(shift_ptr).to(tl.float32)
-    weight = tl.load(weight_ptr + channel, mask=mask, other=0.0).to(tl.float32)
+    weight = tl.load(weight_ptr + channels, mask=channel_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + channel, mask=mask, other=0.0).to(tl.float32)
+        bias = tl.load(bias_ptr + channels, mask=channel_mask, other=0.0).to(tl.float32)[None, :]
     else:
         bias = 0.0
     x = tl.maximum(-FLOAT32_MAX, tl.minimum(FLOAT32_MAX, x, propagate_nan=tl.PropagateNan.ALL), propagate_nan=tl.PropagateNan.ALL)
@@ -223,7 +283,7 @@ def dyt_ln_forward_kernel(x_ptr, alpha_ptr, shift_ptr, weight_ptr, bias_ptr, y_p
 
 
 @triton.jit
-def dyt_ln_backward_kernel(grad_ptr, x_ptr, alpha_ptr, shift_ptr, weight_ptr, grad_x_ptr, partials_ptr, N, C, rows_per_program, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def dyt_ln_backward_kernel(grad_ptr, x_ptr, alpha_ptr, shift_ptr, weight_ptr, grad_x_ptr, partials_ptr, scalar_partials_ptr, N, C, rows_per_program, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """dyt_ln: the derivatives of y = bias + weight*tanh(alpha*z), z = x - shift, times grad; grad_x element by element, the others summed over the rows:
 
         grad_x = grad * alpha*weight*(1 - tanh(alpha*z)**2)
@@ -234,12 +294,13 @@ def dyt_ln_backward_kernel(grad_ptr, x_ptr, alpha_ptr, shift_ptr, weight_ptr, gr
 
     From the catalog's dyt_ln = gamma*tanh(alpha*(-mu + x)).
     Kernel rules: tanh_exp, sech2_exp. Grid: (row programs, cdiv(C, BLOCK_C)); grad, x, grad_x (N, C) contiguous; rows_per_program a multiple of BLOCK_R.
-    partials (float32, 4 x row programs x C), k = 0: grad_alpha, 1: grad_shift, 2: grad_weight, 3: grad_bias.
+    partials (float32, 2 x row programs x C), k = 0: grad_weight, 1: grad_bias; scalar_partials (float32, 2 x row programs x channel blocks), k = 0: grad_alpha, 1: grad_shift.
 
     Operations after CSE: 35.
     """
     program = tl.program_id(0)
-    channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    block = tl.program_id(1)
+    channels = block * BLOCK_C + tl.arange(0, BLOCK_C)
     channel_mask = channels < C
     alpha = tl.load(alpha_ptr).to(tl.float32)
     shift = tl.load(shift_ptr).to(tl.float32)
@@ -274,32 +335,66 @@ def dyt_ln_backward_kernel(grad_ptr, x_ptr, alpha_ptr, shift_ptr, weight_ptr, gr
         sum_grad_shift += tl.sum(tl.where(mask, grad_shift, 0.0), axis=0)
         sum_grad_weight += tl.sum(tl.where(mask, grad_weight, 0.0), axis=0)
         sum_grad_bias += tl.sum(tl.where(mask, grad_bias, 0.0), axis=0)
+    programs = tl.num_programs(0).to(tl.int64)
     row = program.to(tl.int64) * C + channels
-    stride = tl.num_programs(0).to(tl.int64) * C
-    tl.store(partials_ptr + row, sum_grad_alpha, mask=channel_mask)
-    tl.store(partials_ptr + 1 * stride + row, sum_grad_shift, mask=channel_mask)
-    tl.store(partials_ptr + 2 * stride + row, sum_grad_weight, mask=channel_mask)
-    tl.store(partials_ptr + 3 * stride + row, sum_grad_bias, mask=channel_mask)
+    tl.store(partials_ptr + row, sum_grad_weight, mask=channel_mask)
+    tl.store(partials_ptr + programs * C + row, sum_grad_bias, mask=channel_mask)
+    cell = program.to(tl.int64) * tl.num_programs(1) + block
+    tl.store(scalar_partials_ptr + cell, tl.sum(sum_grad_alpha, axis=0))
+    tl.store(scalar_partials_ptr + programs * tl.num_programs(1) + cell, tl.sum(sum_grad_shift, axis=0))
 
 
 @triton.jit
-def dyisru_ln_forward_kernel(x_ptr, beta_ptr, shift_ptr, weight_ptr, bias_ptr, y_ptr, n_elements, C, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+def dyt_ln_sums_kernel(partials_ptr, scalar_partials_ptr, grad_alpha_ptr, grad_shift_ptr, grad_weight_ptr, grad_bias_ptr, programs, C, channel_blocks, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
+    """dyt_ln: stage two of the backward, one launch. Grid: (channel_blocks + 1,); program b < channel_blocks sums
+    partials[k, :, its channels] over the row programs into the per-channel gradients, the last
+    program each scalar's scalar_partials[k] into its 0-dim gradient; float64, a fixed order.
+    """
+    block = tl.program_id(0)
+    if block < channel_blocks:
+        channels = block * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask = channels < C
+        grad_weight = tl.zeros((BLOCK_C,), dtype=tl.float64)
+        grad_bias = tl.zeros((BLOCK_C,), dtype=tl.float64)
+        row = channels.to(tl.int64)
+        for program in tl.range(0, programs):
+            grad_weight += tl.load(partials_ptr + row, mask=mask, other=0.0).to(tl.float64)
+            grad_bias += tl.load(partials_ptr + programs * C + row, mask=mask, other=0.0).to(tl.float64)
+            row += C
+        tl.store(grad_weight_ptr + channels, grad_weight, mask=mask)
+        tl.store(grad_bias_ptr + channels, grad_bias, mask=mask)
+    else:
+        cells = programs * channel_blocks
+        grad_alpha = tl.zeros((BLOCK,), dtype=tl.float64)
+        grad_shift = tl.zeros((BLOCK,), dtype=tl.float64)
+        for start in tl.range(0, cells, BLOCK):
+            at = start + tl.arange(0, BLOCK)
+            grad_alpha += tl.load(scalar_partials_ptr + at, mask=at < cells, other=0.0).to(tl.float64)
+            grad_shift += tl.load(scalar_partials_ptr + cells + at, mask=at < cells, other=0.0).to(tl.float64)
+        tl.store(grad_alpha_ptr, tl.sum(grad_alpha, axis=0))
+        tl.store(grad_shift_ptr, tl.sum(grad_shift, axis=0))
+
+
+@triton.jit
+def dyisru_ln_forward_kernel(x_ptr, beta_ptr, shift_ptr, weight_ptr, bias_ptr, y_ptr, N, C, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """dyisru_ln: y[n, c] = bias + weight*z/sqrt(beta + z**2), z = x - shift
 
     From the catalog's dyisru_ln = sqrt(C - 1)*(-m + x)/sqrt(beta + (-m + x)**2).
-    Kernel rules: hypot_minmax. Grid: (cdiv(N*C, BLOCK),); x, y (N, C) contiguous, weight and bias (C,), scalars 0-dim.
+    Kernel rules: hypot_minmax. Grid: (cdiv(N, BLOCK_R), cdiv(C, BLOCK_C)); x, y (N, C) contiguous, weight and bias (C,), scalars 0-dim.
 
     Operations after CSE: 15.
     """
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < n_elements
-    channel = offsets % C
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    channel_mask = channels < C
+    mask = (rows < N)[:, None] & channel_mask[None, :]
+    offsets = rows.to(tl.int64)[:, None] * C + channels[None, :]
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     beta = tl.load(beta_ptr).to(tl.float32)
     shift = tl.load(shift_ptr).to(tl.float32)
-    weight = tl.load(weight_ptr + channel, mask=mask, other=0.0).to(tl.float32)
+    weight = tl.load(weight_ptr + channels, mask=channel_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + channel, mask=mask, other=0.0).to(tl.float32)
+        bias = tl.load(bias_ptr + channels, mask=channel_mask, other=0.0).to(tl.float32)[None, :]
     else:
         bias = 0.0
     x = tl.maximum(-FLOAT32_MAX, tl.minimum(FLOAT32_MAX, x, propagate_nan=tl.PropagateNan.ALL), propagate_nan=tl.PropagateNan.ALL)
@@ -316,7 +411,7 @@ def dyisru_ln_forward_kernel(x_ptr, beta_ptr, shift_ptr, weight_ptr, bias_ptr, y
 
 
 @triton.jit
-def dyisru_ln_backward_kernel(grad_ptr, x_ptr, beta_ptr, shift_ptr, weight_ptr, grad_x_ptr, partials_ptr, N, C, rows_per_program, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def dyisru_ln_backward_kernel(grad_ptr, x_ptr, beta_ptr, shift_ptr, weight_ptr, grad_x_ptr, partials_ptr, scalar_partials_ptr, N, C, rows_per_program, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """dyisru_ln: the derivatives of y = bias + weight*z/sqrt(beta + z**2), z = x - shift, times grad; grad_x element by element, the others summed over the rows:
 
         grad_x = grad * -weight*z**2/(beta + z**2)**(3/2) + weight/sqrt(beta + z**2)
@@ -327,12 +422,13 @@ def dyisru_ln_backward_kernel(grad_ptr, x_ptr, beta_ptr, shift_ptr, weight_ptr, 
 
     From the catalog's dyisru_ln = sqrt(C - 1)*(-m + x)/sqrt(beta + (-m + x)**2).
     Kernel rules: hypot_minmax. Grid: (row programs, cdiv(C, BLOCK_C)); grad, x, grad_x (N, C) contiguous; rows_per_program a multiple of BLOCK_R.
-    partials (float32, 4 x row programs x C), k = 0: grad_beta, 1: grad_shift, 2: grad_weight, 3: grad_bias.
+    partials (float32, 2 x row programs x C), k = 0: grad_weight, 1: grad_bias; scalar_partials (float32, 2 x row programs x channel blocks), k = 0: grad_beta, 1: grad_shift.
 
     Operations after CSE: 26.
     """
     program = tl.program_id(0)
-    channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    block = tl.program_id(1)
+    channels = block * BLOCK_C + tl.arange(0, BLOCK_C)
     channel_mask = channels < C
     beta = tl.load(beta_ptr).to(tl.float32)
     shift = tl.load(shift_ptr).to(tl.float32)
@@ -371,32 +467,66 @@ def dyisru_ln_backward_kernel(grad_ptr, x_ptr, beta_ptr, shift_ptr, weight_ptr, 
         sum_grad_shift += tl.sum(tl.where(mask, grad_shift, 0.0), axis=0)
         sum_grad_weight += tl.sum(tl.where(mask, grad_weight, 0.0), axis=0)
         sum_grad_bias += tl.sum(tl.where(mask, grad_bias, 0.0), axis=0)
+    programs = tl.num_programs(0).to(tl.int64)
     row = program.to(tl.int64) * C + channels
-    stride = tl.num_programs(0).to(tl.int64) * C
-    tl.store(partials_ptr + row, sum_grad_beta, mask=channel_mask)
-    tl.store(partials_ptr + 1 * stride + row, sum_grad_shift, mask=channel_mask)
-    tl.store(partials_ptr + 2 * stride + row, sum_grad_weight, mask=channel_mask)
-    tl.store(partials_ptr + 3 * stride + row, sum_grad_bias, mask=channel_mask)
+    tl.store(partials_ptr + row, sum_grad_weight, mask=channel_mask)
+    tl.store(partials_ptr + programs * C + row, sum_grad_bias, mask=channel_mask)
+    cell = program.to(tl.int64) * tl.num_programs(1) + block
+    tl.store(scalar_partials_ptr + cell, tl.sum(sum_grad_beta, axis=0))
+    tl.store(scalar_partials_ptr + programs * tl.num_programs(1) + cell, tl.sum(sum_grad_shift, axis=0))
 
 
 @triton.jit
-def derf_forward_kernel(x_ptr, alpha_ptr, shift_ptr, weight_ptr, bias_ptr, y_ptr, n_elements, C, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+def dyisru_ln_sums_kernel(partials_ptr, scalar_partials_ptr, grad_beta_ptr, grad_shift_ptr, grad_weight_ptr, grad_bias_ptr, programs, C, channel_blocks, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
+    """dyisru_ln: stage two of the backward, one launch. Grid: (channel_blocks + 1,); program b < channel_blocks sums
+    partials[k, :, its channels] over the row programs into the per-channel gradients, the last
+    program each scalar's scalar_partials[k] into its 0-dim gradient; float64, a fixed order.
+    """
+    block = tl.program_id(0)
+    if block < channel_blocks:
+        channels = block * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask = channels < C
+        grad_weight = tl.zeros((BLOCK_C,), dtype=tl.float64)
+        grad_bias = tl.zeros((BLOCK_C,), dtype=tl.float64)
+        row = channels.to(tl.int64)
+        for program in tl.range(0, programs):
+            grad_weight += tl.load(partials_ptr + row, mask=mask, other=0.0).to(tl.float64)
+            grad_bias += tl.load(partials_ptr + programs * C + row, mask=mask, other=0.0).to(tl.float64)
+            row += C
+        tl.store(grad_weight_ptr + channels, grad_weight, mask=mask)
+        tl.store(grad_bias_ptr + channels, grad_bias, mask=mask)
+    else:
+        cells = programs * channel_blocks
+        grad_beta = tl.zeros((BLOCK,), dtype=tl.float64)
+        grad_shift = tl.zeros((BLOCK,), dtype=tl.float64)
+        for start in tl.range(0, cells, BLOCK):
+            at = start + tl.arange(0, BLOCK)
+            grad_beta += tl.load(scalar_partials_ptr + at, mask=at < cells, other=0.0).to(tl.float64)
+            grad_shift += tl.load(scalar_partials_ptr + cells + at, mask=at < cells, other=0.0).to(tl.float64)
+        tl.store(grad_beta_ptr, tl.sum(grad_beta, axis=0))
+        tl.store(grad_shift_ptr, tl.sum(grad_shift, axis=0))
+
+
+@triton.jit
+def derf_forward_kernel(x_ptr, alpha_ptr, shift_ptr, weight_ptr, bias_ptr, y_ptr, N, C, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """derf: y[n, c] = bias + weight*erf(alpha*x + shift)
 
     From the catalog's derf = gamma*erf(alpha*x + shift).
-    Kernel rules: none. Grid: (cdiv(N*C, BLOCK),); x, y (N, C) contiguous, weight and bias (C,), scalars 0-dim.
+    Kernel rules: none. Grid: (cdiv(N, BLOCK_R), cdiv(C, BLOCK_C)); x, y (N, C) contiguous, weight and bias (C,), scalars 0-dim.
 
     Operations after CSE: 5.
     """
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < n_elements
-    channel = offsets % C
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    channel_mask = channels < C
+    mask = (rows < N)[:, None] & channel_mask[None, :]
+    offsets = rows.to(tl.int64)[:, None] * C + channels[None, :]
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     alpha = tl.load(alpha_ptr).to(tl.float32)
     shift = tl.load(shift_ptr).to(tl.float32)
-    weight = tl.load(weight_ptr + channel, mask=mask, other=0.0).to(tl.float32)
+    weight = tl.load(weight_ptr + channels, mask=channel_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + channel, mask=mask, other=0.0).to(tl.float32)
+        bias = tl.load(bias_ptr + channels, mask=channel_mask, other=0.0).to(tl.float32)[None, :]
     else:
         bias = 0.0
     x = tl.maximum(-FLOAT32_MAX, tl.minimum(FLOAT32_MAX, x, propagate_nan=tl.PropagateNan.ALL), propagate_nan=tl.PropagateNan.ALL)
@@ -405,7 +535,7 @@ def derf_forward_kernel(x_ptr, alpha_ptr, shift_ptr, weight_ptr, bias_ptr, y_ptr
 
 
 @triton.jit
-def derf_backward_kernel(grad_ptr, x_ptr, alpha_ptr, shift_ptr, weight_ptr, grad_x_ptr, partials_ptr, N, C, rows_per_program, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def derf_backward_kernel(grad_ptr, x_ptr, alpha_ptr, shift_ptr, weight_ptr, grad_x_ptr, partials_ptr, scalar_partials_ptr, N, C, rows_per_program, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """derf: the derivatives of y = bias + weight*erf(alpha*x + shift), times grad; grad_x element by element, the others summed over the rows:
 
         grad_x = grad * 2*alpha*weight*exp(-(alpha*x + shift)**2)/sqrt(pi)
@@ -416,12 +546,13 @@ def derf_backward_kernel(grad_ptr, x_ptr, alpha_ptr, shift_ptr, weight_ptr, grad
 
     From the catalog's derf = gamma*erf(alpha*x + shift).
     Kernel rules: none. Grid: (row programs, cdiv(C, BLOCK_C)); grad, x, grad_x (N, C) contiguous; rows_per_program a multiple of BLOCK_R.
-    partials (float32, 4 x row programs x C), k = 0: grad_alpha, 1: grad_shift, 2: grad_weight, 3: grad_bias.
+    partials (float32, 2 x row programs x C), k = 0: grad_weight, 1: grad_bias; scalar_partials (float32, 2 x row programs x channel blocks), k = 0: grad_alpha, 1: grad_shift.
 
     Operations after CSE: 14.
     """
     program = tl.program_id(0)
-    channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    block = tl.program_id(1)
+    channels = block * BLOCK_C + tl.arange(0, BLOCK_C)
     channel_mask = channels < C
     alpha = tl.load(alpha_ptr).to(tl.float32)
     shift = tl.load(shift_ptr).to(tl.float32)
@@ -450,9 +581,57 @@ def derf_backward_kernel(grad_ptr, x_ptr, alpha_ptr, shift_ptr, weight_ptr, grad
         sum_grad_shift += tl.sum(tl.where(mask, grad_shift, 0.0), axis=0)
         sum_grad_weight += tl.sum(tl.where(mask, grad_weight, 0.0), axis=0)
         sum_grad_bias += tl.sum(tl.where(mask, grad_bias, 0.0), axis=0)
+    programs = tl.num_programs(0).to(tl.int64)
     row = program.to(tl.int64) * C + channels
-    stride = tl.num_programs(0).to(tl.int64) * C
-    tl.store(partials_ptr + row, sum_grad_alpha, mask=channel_mask)
-    tl.store(partials_ptr + 1 * stride + row, sum_grad_shift, mask=channel_mask)
-    tl.store(partials_ptr + 2 * stride + row, sum_grad_weight, mask=channel_mask)
-    tl.store(partials_ptr + 3 * stride + row, sum_grad_bias, mask=channel_mask)
+    tl.store(partials_ptr + row, sum_grad_weight, mask=channel_mask)
+    tl.store(partials_ptr + programs * C + row, sum_grad_bias, mask=channel_mask)
+    cell = program.to(tl.int64) * tl.num_programs(1) + block
+    tl.store(scalar_partials_ptr + cell, tl.sum(sum_grad_alpha, axis=0))
+    tl.store(scalar_partials_ptr + programs * tl.num_programs(1) + cell, tl.sum(sum_grad_shift, axis=0))
+
+
+@triton.jit
+def derf_sums_kernel(partials_ptr, scalar_partials_ptr, grad_alpha_ptr, grad_shift_ptr, grad_weight_ptr, grad_bias_ptr, programs, C, channel_blocks, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
+    """derf: stage two of the backward, one launch. Grid: (channel_blocks + 1,); program b < channel_blocks sums
+    partials[k, :, its channels] over the row programs into the per-channel gradients, the last
+    program each scalar's scalar_partials[k] into its 0-dim gradient; float64, a fixed order.
+    """
+    block = tl.program_id(0)
+    if block < channel_blocks:
+        channels = block * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask = channels < C
+        grad_weight = tl.zeros((BLOCK_C,), dtype=tl.float64)
+        grad_bias = tl.zeros((BLOCK_C,), dtype=tl.float64)
+        row = channels.to(tl.int64)
+        for program in tl.range(0, programs):
+            grad_weight += tl.load(partials_ptr + row, mask=mask, other=0.0).to(tl.float64)
+            grad_bias += tl.load(partials_ptr + programs * C + row, mask=mask, other=0.0).to(tl.float64)
+            row += C
+        tl.store(grad_weight_ptr + channels, grad_weight, mask=mask)
+        tl.store(grad_bias_ptr + channels, grad_bias, mask=mask)
+    else:
+        cells = programs * channel_blocks
+        grad_alpha = tl.zeros((BLOCK,), dtype=tl.float64)
+        grad_shift = tl.zeros((BLOCK,), dtype=tl.float64)
+        for start in tl.range(0, cells, BLOCK):
+            at = start + tl.arange(0, BLOCK)
+            grad_alpha += tl.load(scalar_partials_ptr + at, mask=at < cells, other=0.0).to(tl.float64)
+            grad_shift += tl.load(scalar_partials_ptr + cells + at, mask=at < cells, other=0.0).to(tl.float64)
+        tl.store(grad_alpha_ptr, tl.sum(grad_alpha, axis=0))
+        tl.store(grad_shift_ptr, tl.sum(grad_shift, axis=0))
+
+
+class FormKernels(NamedTuple):
+    forward: object
+    backward: object
+    sums: object
+
+
+#: form -> its kernels.
+KERNELS = {
+    "dyt": FormKernels(dyt_forward_kernel, dyt_backward_kernel, dyt_sums_kernel),
+    "dyisru": FormKernels(dyisru_forward_kernel, dyisru_backward_kernel, dyisru_sums_kernel),
+    "dyt_ln": FormKernels(dyt_ln_forward_kernel, dyt_ln_backward_kernel, dyt_ln_sums_kernel),
+    "dyisru_ln": FormKernels(dyisru_ln_forward_kernel, dyisru_ln_backward_kernel, dyisru_ln_sums_kernel),
+    "derf": FormKernels(derf_forward_kernel, derf_backward_kernel, derf_sums_kernel),
+}

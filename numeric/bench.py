@@ -19,8 +19,10 @@ and the time ratio against ``eager`` measured in the same run.
 """
 from __future__ import annotations
 
+import json
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,6 +30,7 @@ from typing import Callable
 import torch
 
 from . import functional as F
+from . import kernels
 from .backends import FUSE_MIN
 from .generated.forms import FORMS
 from .experiments.report import save_figure, table_markdown, write_summary, write_table
@@ -42,6 +45,7 @@ CONFIGS = {
                             (4096, 8192)], "reps": 5},
     "cuda": {"shapes": [(4096, 4096), (16384, 4096), (4096, 8192), (8192, 1024)], "reps": 100},
     "quick": {"shapes": [(256, 128)], "reps": 3},
+    "model": {"shapes": [], "reps": 0},     # numeric/bench_model.py: a stack of blocks
 }
 #: Time per call at a small shape (what a call costs beyond its memory traffic): ours and
 #: the eager composition, float32, one thread on a CPU. Goal: ours at most 1.3x eager.
@@ -285,6 +289,8 @@ def run(out: Path, *, quick: bool = False, progress=print, config: str | None = 
     config = config or ("quick" if quick else device)
     if config == "cuda" and device != "cuda":
         raise ValueError("config 'cuda' needs a CUDA device, and none is present")
+    if config == "model":
+        return _model(out, device, progress)
     cfg = CONFIGS[config]
     rows, summary = [], {}
     for shape in cfg["shapes"]:
@@ -307,8 +313,9 @@ def run(out: Path, *, quick: bool = False, progress=print, config: str | None = 
     progress("bench: probes (what each implementation computes where the formula is hard)")
     _write(out, rows, probes(device), device, config, lat)
     for r in lat:
-        if r["impl"] == "ours":
-            summary[f"latency {r['layer']} {r['shape']} {r['dtype']} {r['mode']}"] = {
+        if r["impl"] in ("ours", NOOP_LAUNCHES):
+            what = "latency" if r["impl"] == "ours" else f"latency {NOOP_LAUNCHES}"
+            summary[f"{what} {r['layer']} {r['shape']} {r['dtype']} {r['mode']}"] = {
                 "time_us": round(r["time_us"], 1),
                 "time_ratio_vs_eager": round(r["ratio_vs_eager"], 3)}
     for r in rows:
@@ -320,6 +327,34 @@ def run(out: Path, *, quick: bool = False, progress=print, config: str | None = 
     return summary
 
 
+def appender(path: Path):
+    """A function that appends one row to path as a JSON line, flushed: each figure is on
+    disk as soon as it is measured (a run stopped early keeps what it measured)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+
+    def write(row: dict) -> None:
+        with path.open("a") as f:
+            f.write(json.dumps(row, default=str) + "\n")
+    return write
+
+
+def _model(out: Path, device: str, progress) -> dict:
+    from . import bench_model as M
+
+    rows = M.run(out, device=device, progress=progress, write=appender(out / "model.jsonl"))
+    write_table(out, "model", M.HEADER, [[r[h] for h in M.HEADER] for r in rows])
+    write_summary(out, "bench", [
+        f"The DyT paper's efficiency table at one GPU's size: {M.describe(device)}; "
+        f"{_device_name(device)}, torch {torch.__version__}. Times in ms; ratios over "
+        "torch's RMSNorm in the same stack, eager or compiled alike, measured in the same "
+        "run. `stack`: the whole stack; `norms`: its norm layers alone.",
+        table_markdown(out, "model")])
+    return {f"{r['norm']} {r['run']} {r['what']} {r['mode']}": {"time_ms": round(r["time_ms"], 3),
+                             "ratio_vs_rmsnorm": round(r["ratio_vs_rmsnorm"], 3)}
+            for r in rows}
+
+
 def latency(device: str, quick: bool = False) -> list[dict]:
     """Per-call times (microseconds, median) at LATENCY's shape, ours and the eager
     composition of every form (and F.rms_norm), forward (no grad) and forward+backward; on a
@@ -328,13 +363,16 @@ def latency(device: str, quick: bool = False) -> list[dict]:
     threads = torch.get_num_threads()
     if device == "cpu":
         torch.set_num_threads(1)
+    todo = [c for c in cases(shape[-1], device, dtype) if c.impl in LATENCY["impls"]]
+    if device == "cpu":      # the Python of the CUDA path, its launches no-ops
+        todo += [Case(NOOP_LAUNCHES, c.layer, c.fn, c.params, backend="triton")
+                 for c in todo if c.impl == "ours"]
     try:
         rows = []
-        for case in cases(shape[-1], device, dtype):
-            if case.impl not in LATENCY["impls"]:
-                continue
+        for case in todo:
             for mode in MODES:
-                r = measure(case, shape, dtype, device, LATENCY["reps"][quick], mode)
+                with _noop_launches(case.impl == NOOP_LAUNCHES):
+                    r = measure(case, shape, dtype, device, LATENCY["reps"][quick], mode)
                 rows.append({"impl": case.impl, "layer": case.layer,
                              "shape": f"{shape[0]}x{shape[1]}",
                              "dtype": str(dtype).replace("torch.", ""), "mode": mode,
@@ -346,6 +384,35 @@ def latency(device: str, quick: bool = False) -> list[dict]:
         e = eager.get((r["layer"], r["mode"]))
         r["ratio_vs_eager"] = r["time_us"] / e if e else float("nan")
     return rows
+
+
+#: The latency row of the Triton backend's call path on a CPU with every kernel launch
+#: replaced by a no-op: what a CUDA call costs in Python (module, Function, op choice,
+#: allocations), the kernels' own time excluded.
+NOOP_LAUNCHES = "ours-cuda-path-noop-launches"
+
+
+@contextmanager
+def _noop_launches(on: bool):
+    """The Triton backend runnable on a CPU with its launches no-ops (outputs allocated,
+    never written: timing only)."""
+    if not on:
+        yield
+        return
+    saved = kernels.check_device, kernels.launch_forward, kernels.launch_backward
+
+    def backward(form, grad, x, scalars, weight):
+        C = x.shape[-1]
+        return (torch.empty_like(x), [torch.empty((), dtype=torch.float64) for _ in scalars],
+                torch.empty(C, dtype=torch.float64), torch.empty(C, dtype=torch.float64))
+
+    kernels.check_device = lambda x: None
+    kernels.launch_forward = lambda form, x, scalars, weight, bias: torch.empty_like(x)
+    kernels.launch_backward = backward
+    try:
+        yield
+    finally:
+        kernels.check_device, kernels.launch_forward, kernels.launch_backward = saved
 
 
 LATENCY_HEADER = ["impl", "layer", "shape", "dtype", "mode", "time_us", "ratio_vs_eager"]

@@ -9,6 +9,7 @@ import torch
 from numeric import bench
 from numeric import functional as F
 
+from tests import checks
 from tests import strategies as S
 from tests.tolerances import TOLERANCES
 
@@ -34,8 +35,64 @@ def test_bench_quick_writes_tables_and_keeps_half_the_bytes(tmp_path):
         (impl, layer, mode) for impl in ("ours", "eager") for layer in bench.EAGER
         for mode in bench.MODES}
     assert all(float(r["time_us"]) > 0 for r in latency)
+    # and the Python of the CUDA path, timed with its launches no-ops (on a CPU)
+    assert {(r["layer"], r["mode"]) for r in latency if r["impl"] == bench.NOOP_LAUNCHES} == {
+        (layer, mode) for layer in bench.EAGER for mode in bench.MODES}
     assert all(float(summary[f"latency {layer} 8x4096 float32 {mode}"]["time_ratio_vs_eager"]) > 0
                for layer in bench.EAGER for mode in bench.MODES)
+
+
+def test_noop_launches_run_the_triton_path_without_its_kernels():
+    """The no-op latency row times the Triton backend's own call path: the launches are
+    reached (a spy counts them), and afterwards the real ones are back."""
+    real, calls = bench.kernels.launch_forward, []
+    with bench._noop_launches(True):
+        noop = bench.kernels.launch_forward
+        bench.kernels.launch_forward = lambda *a: calls.append(a[0]) or noop(*a)
+        with checks.backend("triton"):
+            y = F.dyt(torch.randn(8, 16), 0.5, torch.ones(16))
+    assert calls == ["dyt"] and y.shape == (8, 16)
+    assert bench.kernels.launch_forward is real
+
+
+def test_model_config_times_every_norm_in_the_stack_and_alone(tmp_path, monkeypatch):
+    """``bench --config model`` on a CPU: the small stack, every norm, eager and compiled
+    (dynamo's eager backend here: inductor's compile time is the GPU run's to spend), the
+    stack and its norms alone, inference and training; each row on disk as measured."""
+    from numeric import bench_model as M
+
+    monkeypatch.setitem(M.RUNS, "compiled", "eager")
+    monkeypatch.setitem(M.MODEL_SIZES["cpu"], "reps", 1)
+    summary = bench.run(tmp_path, config="model", progress=lambda m: None)
+    rows = list(csv.DictReader((tmp_path / "model.csv").open()))
+    want = {(n, r, w, m) for n in M.NORMS for r in M.RUNS for w in ("stack", "norms")
+            for m in M.MODES}
+    assert {(r["norm"], r["run"], r["what"], r["mode"]) for r in rows} == want
+    assert len((tmp_path / "model.jsonl").read_text().splitlines()) == len(want)
+    assert all(float(r["time_ms"]) > 0 for r in rows)
+    assert all(v["ratio_vs_rmsnorm"] == 1 for k, v in summary.items() if k.startswith("rmsnorm"))
+
+
+def test_model_block_is_a_llama_block():
+    """The block computes x + attn(norm1(x)), then h + w2(silu(w1 n) * w3 n), n = norm2(h):
+    against the same written out with torch's own attention math (softmax of the causal
+    scores), float64."""
+    from numeric import bench_model as M
+
+    torch.manual_seed(0)
+    d, heads, hidden = 8, 2, 12
+    block = M.Block(d, heads, hidden, M.NORMS["rmsnorm"]).double()
+    x = torch.randn(2, 5, d, dtype=torch.float64)
+    n1 = block.norm1(x)
+    q, k, v = (t.view(2, 5, heads, d // heads).transpose(1, 2)
+               for t in block.qkv(n1).chunk(3, dim=-1))
+    scores = q @ k.transpose(-1, -2) / (d // heads) ** 0.5
+    scores = scores.masked_fill(torch.ones(5, 5, dtype=torch.bool).triu(1), float("-inf"))
+    a = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 5, d)
+    h = x + block.out(a)
+    n2 = block.norm2(h)
+    want = h + block.w2(torch.nn.functional.silu(block.w1(n2)) * block.w3(n2))
+    assert torch.allclose(block(x), want, rtol=1e-12, atol=1e-12)
 
 
 def test_kept_bytes_counts_what_autograd_saves():

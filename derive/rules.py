@@ -221,6 +221,8 @@ def _site(base: sp.Expr, var: sp.Symbol) -> Site | None:
     a = sp.simplify(b0 / b - b1**2 / (4 * b**2))
     if a.is_zero or a.is_negative:
         return None
+    if a.is_number and not sp.sqrt(a).is_Rational:   # b a (1 + ((x - c)/sqrt(a))^2): the
+        return Site(base, (var - c) / sp.sqrt(a), sp.S.One, b * a)   # hypot of 1, not of a float
     return Site(base, var - c, a, b)
 
 
@@ -257,13 +259,24 @@ def holds(expr: sp.Expr, site: Site) -> bool:
     return any(_same_base(t.base, site) for t in expr.atoms(sp.Pow))
 
 
-def apply_isru_hypot_at(expr: sp.Expr, var: sp.Symbol, site: Site) -> Rewritten:
+def site_names(k: int) -> tuple[sp.Symbol, sp.Symbol, sp.Symbol]:
+    """The temporaries (h, q, p) of a form's k-th site: h, q, p for the first, h_k, h_kq,
+    h_kp after it (names a user's scalar cannot take: derive/formgen.py, RESERVED)."""
+    if k == 1:
+        return H, Q, P
+    return (sp.Symbol(f"h_{k}", positive=True), sp.Symbol(f"h_{k}q", real=True),
+            sp.Symbol(f"h_{k}p", positive=True))
+
+
+def apply_isru_hypot_at(expr: sp.Expr, var: sp.Symbol, site: Site,
+                        names: tuple = (H, Q, P)) -> Rewritten:
     """isru_hypot at one site of any expression: expr in h = hypot(sqrt(a), z), q = z/h,
     p = sqrt(a)/h, its powers of q^2 written 1 - p^2, and each coefficient of the other
     symbols (weight, grad, the other scalars, a function of x) factored over them: no
     1/h - x^2/h^3 (the derivative of x/sqrt(1 + x^2) is p^2/h), and nothing joined into one
     fraction with a term that overflows on its own (1/cosh(x)^2). A function of var is kept
     as it is, its argument rewritten where it holds the site."""
+    H, Q, P = names
     masked, back = _masked(expr, var)
     e = masked.replace(lambda t: t.is_Pow and _same_base(t.base, site),
                        lambda t: site.b**t.exp * (H**2) ** t.exp)
@@ -278,7 +291,7 @@ def apply_isru_hypot_at(expr: sp.Expr, var: sp.Symbol, site: Site) -> Rewritten:
                     - site.b.free_symbols, key=sp.default_sort_key)
     groups = sp.collect(e, others, evaluate=False) if others else {sp.S.One: e}
     e = sp.Add(*(m * sp.factor(c) for m, c in groups.items()))
-    inner = {d: f.func(*(apply_isru_hypot_at(arg, var, site).expr if holds(arg, site)
+    inner = {d: f.func(*(apply_isru_hypot_at(arg, var, site, names).expr if holds(arg, site)
                          else arg for arg in f.args)) for d, f in back.items()}
     out = e.xreplace(inner)
     defs = {H: Hypot(sp.sqrt(site.a), site.z), Q: site.z / H, P: sp.sqrt(site.a) / H}
@@ -616,24 +629,47 @@ def application_obligation(rule: str, before: sp.Expr, after: Rewritten) -> Obli
 
 # -- the safety rules wherever their pattern occurs, each application checked --------------
 
+def _terms(e: sp.Expr) -> list:
+    """The terms of e with its products of sums multiplied out (w (A + B) + b: w A, w B,
+    b), the arguments of its functions as they are."""
+    if e.is_Add:
+        return [t for a in e.args for t in _terms(a)]
+    if e.is_Mul and any(f.is_Add for f in e.args):
+        return _terms(sp.expand_mul(e, deep=False))
+    return [e]
+
+
 def safety_rewrite(expr: sp.Expr, var: sp.Symbol, where: str,
                    sites: tuple[Site, ...] | None = None) -> Rewritten:
     """Every safety rule whose pattern occurs in expr, applied and checked: sech2 at each
-    1 - tanh(u)^2, isru_hypot at the first of ``sites`` (the form's, so that every function
-    of one form names the same h, q, p; default: expr's own) that expr holds. A second
-    base a' + z'^2 is left as written (one h per form)."""
+    k - k tanh(u)^2, isru_hypot at each of ``sites`` (the form's, so that every function of
+    one form gives a site the same temporaries; default: expr's own): the terms of expr
+    that hold one site are rewritten together, in that site's h, q, p; a term holding none
+    is left as written (x exp(-x^2) stays a product of x, x and the exp), and so is a term
+    holding two (a product of two bases)."""
     r, out = Rewritten(expr), apply_sech2_anywhere(expr)
     if out.expr != expr:
         check(Step(f"{where}:sech2", out.expr, RULES["sech2"].fixes,
                    (application_obligation("sech2", expr, out),)))
         r = out
     sites = isru_sites(expr, var) if sites is None else sites
-    if sites and holds(r.expr, sites[0]):
-        out = apply_isru_hypot_at(r.expr, var, sites[0])
-        check(Step(f"{where}:isru_hypot", out.expr, RULES["isru_hypot"].fixes,
-                   (application_obligation("isru_hypot", r.expr, out),)))
-        r = Rewritten(out.expr, {**r.defs, **out.defs})
-    return r
+    held = [s for s in sites if holds(r.expr, s)]
+    if not held:
+        return r
+    groups, rest = {s: [] for s in held}, []
+    for term in _terms(r.expr):
+        mine = [s for s in held if holds(term, s)]
+        (groups[mine[0]] if len(mine) == 1 else rest).append(term)
+    terms, defs = list(rest), dict(r.defs)
+    for s, ts in groups.items():
+        if ts:
+            part = apply_isru_hypot_at(sp.Add(*ts), var, s, site_names(sites.index(s) + 1))
+            terms.append(part.expr)
+            defs.update(part.defs)
+    out = Rewritten(sp.Add(*terms), {k: v for k, v in defs.items()})
+    check(Step(f"{where}:isru_hypot", out.expr, RULES["isru_hypot"].fixes,
+               (application_obligation("isru_hypot", r.expr, out),)))
+    return out
 
 
 # -- applying the template rules, each application checked ----------------------------------

@@ -62,6 +62,7 @@ def test_isru_hypot_finds_its_pattern_in_any_expression():
     assert found(sp.tanh(x) + x / sp.sqrt(1 + 4 * x**2)) == [(x, sp.Rational(1, 4), 4)]
     assert found(1 / (beta + (x - c) ** 2)) == [(x - c, beta, 1)]
     assert found(sp.sqrt(x**2 + 2 * x + 5)) == [(x + 1, 4, 1)]
+    assert found(x / sp.sqrt(2 + x**2)) == [(x / sp.sqrt(2), 1, 2)]   # hypot(1, .), no float
     assert found(x / sp.sqrt(x**2 - 1)) == []           # a < 0: not real for |x| < 1
     assert found(x / sp.sqrt(1 + (alpha * x) ** 2)) == []   # alpha may be 0
     assert found((1 + x**2) ** 2) == []                 # a polynomial: its overflow is its value

@@ -28,6 +28,8 @@ FORMS = {
     # both rules in one sum: 1 - tanh(x)^2 among the derivative's terms, and p^2/h kept
     # apart from 1/cosh(x)^2 (one fraction of the two is inf/inf at x = 1000)
     "mixed": ("tanh(x)+x/sqrt(1+4*x**2)", {}),
+    # two bases, each term in its own h (one h for both was NaN at x = 1e20)
+    "two": ("x/sqrt(1+x**2)+x/sqrt(2+x**2)", {}),
 }
 #: Inputs where the literal code fails: x^2 overflows (1e20, -3e30, 1e5 in the second
 #: derivative's cube), the derivative cancels (1000, 1e5), and ordinary ones.

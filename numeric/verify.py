@@ -1,11 +1,17 @@
-"""``python -m numeric gpu-verify --out DIR``: the whole GPU check in one run.
+"""``python -m numeric gpu-verify --out DIR``: the whole GPU check in one run (at most 5
+minutes on one H200; ``--quick`` at most 2).
 
-On a machine with a CUDA device: records the device, driver, torch, CUDA and Triton
-versions; runs the whole test suite with CUDA present (every test marked ``gpu`` runs on
-the device) while every comparison logs its largest error against its tolerance; runs the
-benchmark at the CUDA configuration; writes ``gpu-verification.md`` with the counts of
-tests that ran on CUDA and how they ended, the largest error per dtype and device, and the
-benchmark table with the percentage of measured copy bandwidth.
+On a machine with a CUDA device, in this order, each result written to DIR as it comes:
+1. the device, driver, torch, CUDA and Triton versions (``environment.json``);
+2. the tests that touch CUDA (the ``gpu`` marker; ``--quick``: those of the kernels and the
+   layers' values), on several workers, within TEST_SECONDS, every comparison logging its
+   largest error against its tolerance (``junit.xml``, ``errors.jsonl``);
+3. the benchmark at the CUDA configuration (``bench/``: every shape of the kernels' goals,
+   the per-call latency; Liger-Kernel compared when installed), each row appended to
+   ``bench/bench.jsonl`` as measured; ``--quick``: the quick configuration;
+4. the model stack, eager (``model/``; ``python -m numeric bench --config model`` adds
+   torch.compile, whose compiles of the stack take minutes); not with ``--quick``;
+5. ``gpu-verification.md`` and, printed last, a summary table.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -68,38 +75,96 @@ def largest_errors(log: Path) -> list[dict]:
     return [{"device": d, "dtype": t, **v} for (d, t), v in sorted(worst.items())]
 
 
+#: Wall-clock limit of the tests (seconds), full and quick: past it they are stopped and the
+#: record says so, and the benchmark still runs.
+TEST_SECONDS = {False: 150, True: 60}
+#: The test files of ``--quick``: the kernels' and the layers' values and gradients.
+QUICK_TESTS = ("tests/test_kernels.py", "tests/test_layers_property.py")
+WORKERS = 8
+
+
+def _tests(out: Path, quick: bool) -> tuple[int | str, float]:
+    junit, log = out / "junit.xml", out / "errors.jsonl"
+    log.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-n", str(WORKERS),
+           "-p", "no:cacheprovider", f"--junitxml={junit}", *(QUICK_TESTS if quick else ())]
+    t0 = time.monotonic()
+    try:
+        rc = subprocess.run(cmd, env={**os.environ, "DYNORM_ERROR_LOG": str(log)},
+                            timeout=TEST_SECONDS[quick]).returncode
+    except subprocess.TimeoutExpired:
+        rc = f"stopped after {TEST_SECONDS[quick]} s"
+    return rc, time.monotonic() - t0
+
+
 def run(out: Path, *, quick: bool = False, progress=print) -> dict:
     if not torch.cuda.is_available():
         raise ValueError("gpu-verify needs a CUDA device, and none is present")
+    from . import bench
+
     out.mkdir(parents=True, exist_ok=True)
     env = environment()
+    (out / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
     progress(f"gpu-verify: {env['device']}, driver {env['driver']}, torch {env['torch']}")
-    junit, log = out / "junit.xml", out / "errors.jsonl"
-    log.unlink(missing_ok=True)
-    progress("gpu-verify: running the test suite with CUDA present")
-    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", f"--junitxml={junit}"],
-                           env={**os.environ, "DYNORM_ERROR_LOG": str(log)})
-    counts = outcomes(junit)
-    errors = largest_errors(log)
+    progress("gpu-verify: the tests that touch CUDA (marker gpu)")
+    rc, seconds = _tests(out, quick)
+    junit = out / "junit.xml"
+    counts = outcomes(junit) if junit.exists() else {"all": {}, "cuda": {}}
+    errors = largest_errors(out / "errors.jsonl")
+    timing = {"tests_s": round(seconds, 1)}
+    _write(out, env, counts, errors, rc, timing)        # the record so far
     progress("gpu-verify: benchmark")
-    from . import bench
-    bench.run(out / "bench", quick=quick, progress=progress, config="quick" if quick else "cuda")
-    _write(out, env, counts, errors, tests.returncode)
-    return {"environment": env, "tests": counts, "largest_errors": errors}
+    t0 = time.monotonic()
+    summary = bench.run(out / "bench", quick=quick, progress=progress,
+                        config="quick" if quick else "cuda")
+    timing["bench_s"] = round(time.monotonic() - t0, 1)
+    _write(out, env, counts, errors, rc, timing)
+    if not quick:
+        progress("gpu-verify: the model stack, eager")
+        t0 = time.monotonic()
+        from . import bench_model
+        saved = dict(bench_model.RUNS)
+        bench_model.RUNS.pop("compiled")
+        try:
+            summary.update(bench.run(out / "model", progress=progress, config="model"))
+        finally:
+            bench_model.RUNS.update(saved)
+        timing["model_s"] = round(time.monotonic() - t0, 1)
+    _write(out, env, counts, errors, rc, timing)
+    print(_summary(counts, errors, rc, timing, out), flush=True)
+    return {"environment": env, "tests": counts, "largest_errors": errors, "timing": timing}
 
 
-def _write(out: Path, env, counts, errors, rc) -> None:
+def _summary(counts, errors, rc, timing, out: Path) -> str:
+    """The table printed last: tests, largest errors, the benchmark's headline rows."""
+    from .experiments.report import markdown_table
+
+    lines = [f"gpu-verify: tests exit {rc}; on CUDA {counts['cuda']}; all {counts['all']}; "
+             f"seconds {timing}"]
+    lines.append(markdown_table(["dtype", "max err / allowed"],
+                                [[e["dtype"], e["max_err_over_allowed"]] for e in errors
+                                 if e["device"].startswith("cuda")]))
+    for stem in ("bench/bench.md", "bench/latency.md", "model/model.md"):
+        if (out / stem).exists():
+            lines += [stem, (out / stem).read_text()]
+    return "\n".join(lines)
+
+
+def _write(out: Path, env, counts, errors, rc, timing) -> None:
     from .experiments.report import markdown_table
 
     lines = ["# GPU verification", "",
              "Written by `python -m numeric gpu-verify --out DIR` on the machine below.", "",
              markdown_table(list(env), [list(env.values())]),
-             f"Test suite exit code {rc}. All tests: {counts['all']}. "
-             f"Tests that ran on CUDA: {counts['cuda']}.", "",
+             f"Tests that touch CUDA (marker gpu): exit {rc}. All collected: {counts['all']}. "
+             f"Ran on CUDA: {counts['cuda']}. Seconds per part: {timing}.", "",
              "Largest error seen, per device and dtype, as a fraction of the allowed tolerance "
              "(tests/tolerances.py):", "",
              markdown_table(["device", "dtype", "max err / allowed", "max abs err", "where"],
                             [[e["device"], e["dtype"], e["max_err_over_allowed"],
-                              e["max_abs_err"], e["what"]] for e in errors]),
-             "## Benchmark", "", (out / "bench" / "bench.md").read_text()]
+                              e["max_abs_err"], e["what"]] for e in errors])]
+    for title, stem in (("Benchmark", "bench/bench.md"), ("Time per call", "bench/latency.md"),
+                        ("Model stack", "model/model.md")):
+        if (out / stem).exists():
+            lines += [f"## {title}", "", (out / stem).read_text()]
     (out / "gpu-verification.md").write_text("\n".join(lines))

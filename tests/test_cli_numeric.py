@@ -71,6 +71,42 @@ def test_gpu_verify_counts_cuda_tests_and_largest_errors(tmp_path):
     assert worst["max_abs_err"] == 1e-3
 
 
+def test_gpu_verify_runs_the_cuda_tests_first_then_the_benchmarks_and_prints_a_summary(
+        tmp_path, monkeypatch, capsys):
+    """The order (tests that touch CUDA, benchmark, the model stack eager only), the record
+    rewritten after each part, the summary printed last; the parts themselves stubbed."""
+    from numeric import bench, bench_model
+
+    calls = []
+
+    def tests(out, quick):
+        calls.append("tests")
+        (out / "junit.xml").write_text('<testsuite><testcase name="t[cuda]"/></testsuite>')
+        return 0, 1.0
+
+    def bench_run(out, *, quick=False, progress=print, config=None):
+        calls.append((config, tuple(bench_model.RUNS)))
+        assert (tmp_path / "gpu-verification.md").exists()     # the record so far
+        out.mkdir(parents=True)
+        stem = "model" if config == "model" else "bench"
+        (out / f"{stem}.md").write_text(f"| {stem} table |\n")
+        return {}
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(verify, "environment", lambda: {"device": "H", "driver": "1",
+                                                        "torch": "t"})
+    monkeypatch.setattr(verify, "_tests", tests)
+    monkeypatch.setattr(bench, "run", bench_run)
+    verify.run(tmp_path, progress=lambda m: None)
+    assert calls == ["tests", ("cuda", ("eager", "compiled")), ("model", ("eager",))]
+    assert tuple(bench_model.RUNS) == ("eager", "compiled")
+    record = (tmp_path / "gpu-verification.md").read_text()
+    assert "| bench table |" in record and "| model table |" in record
+    printed = capsys.readouterr().out
+    assert printed.rstrip().endswith("| model table |")
+    assert "on CUDA {'passed': 1}" in printed
+
+
 def test_an_experiment_prints_a_short_summary_and_the_files_it_wrote(fake, tmp_path, capsys):
     out = tmp_path / "o"
     assert main(["norms-axes", "--out", str(out)]) == 0

@@ -44,7 +44,8 @@ class Form:
     @classmethod
     def of(cls, name: str, f: sp.Expr) -> "Form":
         """The form y = weight * f + bias of a formula f of x: its other free symbols are
-        the scalars (sorted by name); the rules that apply to any expression are its rules."""
+        the scalars (sorted by name); every safety rule applies wherever its pattern occurs
+        in it and its derivatives (``rules.safety_rewrite``, from ``_rewrite``)."""
         scalars = tuple(sorted(f.free_symbols - {x}, key=lambda s: s.name))
         return cls(name, scalars, "sech2" if f.has(sp.tanh) else None, formula=f)
 

@@ -84,3 +84,17 @@ def test_the_derivative_is_printed_in_a_form_that_does_not_cancel(text, want):
     e = sp.diff(parse(text), x)
     r = safety_rewrite(e, x, "test")      # each application checked (raises if not equal)
     assert r.expr == sp.sympify(want, locals={"x": x, **{s.name: s for s in r.defs}})
+
+
+def test_a_users_isru_gets_what_the_catalogs_dyisru_gets():
+    """The rule found by its pattern in a user's x/sqrt(beta + x^2) rewrites every printed
+    function (forward, derivatives, jvp, hvp) as the catalog's DyISRU has it."""
+    import sympy as sp
+
+    from derive.layers import FORMS, Form, layer_functions
+    from derive.symbols import beta, x
+    mine = layer_functions(Form.of("isru", x / sp.sqrt(beta + x**2)))
+    built_in = layer_functions(FORMS["dyisru"])
+    for f, g in zip(mine, built_in, strict=True):
+        assert [(n, r.expr, r.defs) for n, r in f.outputs] == \
+            [(n, r.expr, r.defs) for n, r in g.outputs], f.name

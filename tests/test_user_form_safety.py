@@ -69,17 +69,21 @@ def test_output_gradients_and_second_derivative_are_the_formulas(generated, dtyp
     at = [float(v) for v in xs.cpu().to(torch.float64)]           # the input as cast
     scalars = {k: torch.tensor(v, dtype=dtype, device=device, requires_grad=True)
                for k, v in m.INITS.items()}
-    ys, gxs, g2xs, gss = [], [], [], {k: [] for k in scalars}
+    ys, gxs, g2xs, jvps, gss = [], [], [], [], {k: [] for k in scalars}
     for i in range(len(at)):   # one element at a time: the scalars' gradients are per x
         xi = xs[i:i + 1].clone().requires_grad_(True)
         y = fn(xi, torch.ones(1, dtype=dtype, device=device), None, **scalars)
         gx, *gs = torch.autograd.grad(y.sum(), [xi, *scalars.values()], create_graph=True)
         (g2x,) = torch.autograd.grad(gx.sum(), [xi])
-        ys.append(y), gxs.append(gx), g2xs.append(g2x)
+        _, y_t = torch.func.jvp(lambda t: fn(t, torch.ones(1, dtype=dtype, device=device), None,
+                                             **{k: v.detach() for k, v in scalars.items()}),
+                                (xi.detach(),), (torch.ones_like(xi),))
+        ys.append(y), gxs.append(gx), g2xs.append(g2x), jvps.append(y_t)
         for k, g in zip(scalars, gs):
             gss[k].append(g.reshape(1))
     inputs = {"x": xs}
-    for what, got, wrt in [("y", ys, ()), ("grad x", gxs, (X,)), ("d2y/dx2", g2xs, (X, X)),
+    for what, got, wrt in [("y", ys, ()), ("grad x", gxs, (X,)), ("jvp", jvps, (X,)),
+                           ("d2y/dx2", g2xs, (X, X)),
                            *((f"grad {k}", gss[k], (sp.Symbol(k, real=True),))
                              for k in scalars)]:
         ref = torch.tensor(_reference(text, inits, wrt, at), dtype=torch.float64)

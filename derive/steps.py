@@ -4,13 +4,22 @@ An :class:`Obligation` is a claim ``lhs == rhs`` (or ``expr > 0``, a limit, a se
 exact witness asks SymPy to reduce the difference to 0; the numeric witness evaluates
 both sides at random rational points at 50 digits. A step whose obligation fails raises
 :class:`DerivationError` naming the step and the claim.
+
+The exact witness has no bound of its own: SymPy's simplify may take minutes on a large
+expression. Inside ``with bounded(seconds) as b:`` each exact witness that has not decided
+within ``seconds`` is abandoned; the claim then rests on the numeric witness alone, and
+``b.numeric_only`` lists it (the caller says so). The catalog's derivations run unbounded.
 """
 from __future__ import annotations
 
+import contextlib
 import random
+import signal
+import threading
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable
+from typing import Callable, Iterator
 
 import sympy as sp
 
@@ -79,6 +88,26 @@ def abs_products(e: sp.Expr) -> sp.Expr:
     return sp.Add(*(_abs_term(t) for t in sp.Add.make_args(sp.expand(e))))
 
 
+#: The hyperbolic functions as rational functions of w = exp(u) (w > 0).
+_HYPERBOLIC = {sp.tanh: lambda w: (w**2 - 1) / (w**2 + 1), sp.cosh: lambda w: (w + 1 / w) / 2,
+               sp.sinh: lambda w: (w - 1 / w) / 2}
+
+
+def _hyperbolic(e: sp.Expr) -> sp.Expr:
+    """tanh(u), cosh(u), sinh(u) -> rational functions of a free positive symbol w_u per
+    argument u (w_u stands for exp(u)), radicals freed as above, then cancel.
+
+    If the result is 0 for every value of the w_u, it is 0 at w_u = exp(u): the derivatives
+    of a sum of tanh terms are proven by one cancel, where simplify takes minutes."""
+    calls = {f for f in e.atoms(sp.Function) if f.func in _HYPERBOLIC}
+    if not calls:
+        return e
+    w = {u: sp.Dummy("w", positive=True)
+         for u in sorted({f.args[0] for f in calls}, key=sp.default_sort_key)}
+    rational = e.xreplace({f: _HYPERBOLIC[f.func](w[f.args[0]]) for f in calls})
+    return _free_radicals(sp.cancel(rational))
+
+
 def _signs(e: sp.Expr) -> sp.Expr:
     return sp.cancel(abs_products(e)) if e.has(sp.sign) else e
 
@@ -92,6 +121,7 @@ def _powers(e: sp.Expr) -> sp.Expr:
 #: Tried in order, cheapest first; the first that yields 0 proves the claim.
 _REDUCERS: tuple[Callable[[sp.Expr], sp.Expr], ...] = (
     lambda e: e,
+    _hyperbolic,
     _free_radicals,
     _factored_radicals,
     sp.expand,
@@ -121,6 +151,65 @@ def is_positive(e: sp.Expr) -> bool:
     return any(reduce(e).is_positive is True for reduce in _REDUCERS)
 
 
+# -- a bound on the exact witness ----------------------------------------------------------
+
+class Bound:
+    """How long each exact witness may take (``seconds``; all of them together ``total``),
+    and the claims that went over it: step name and claim, checked numerically only."""
+
+    def __init__(self, seconds: float, total: float):
+        self.seconds, self.left = seconds, total
+        self.numeric_only: list[str] = []
+
+
+_BOUND: list[Bound] = []
+
+
+@contextlib.contextmanager
+def bounded(seconds: float, total: float | None = None) -> Iterator[Bound]:
+    """Within the block, an exact witness that has not decided in ``seconds`` (or once
+    ``total`` seconds of exact witnesses are spent) gives up: the claim rests on the numeric
+    witness, and the Bound yielded lists it. The clock interrupts SymPy only in the main
+    thread (SIGALRM); elsewhere the block runs unbounded."""
+    _BOUND.append(Bound(seconds, float("inf") if total is None else total))
+    try:
+        yield _BOUND[-1]
+    finally:
+        _BOUND.pop()
+
+
+class _Overtime(Exception):
+    """An exact witness ran past its bound."""
+
+
+def _overtime(signum, frame):
+    raise _Overtime
+
+
+def _can_interrupt() -> bool:
+    return (hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+            and signal.getitimer(signal.ITIMER_REAL)[0] == 0)   # no other timer running
+
+
+def _exact_within(o: "Obligation", bound: Bound) -> bool | None:
+    """o's exact witness, or None where it went over the bound."""
+    seconds = min(bound.seconds, bound.left)
+    if seconds <= 0 or not _can_interrupt():
+        return None if seconds <= 0 else _EXACT[o.kind](o)
+    start, previous = time.monotonic(), signal.signal(signal.SIGALRM, _overtime)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        try:
+            return _EXACT[o.kind](o)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _Overtime:   # also when the clock rang while the witness was returning
+        return None
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+        bound.left -= time.monotonic() - start
+
+
 # -- numeric witness --------------------------------------------------------------------
 
 def _sample(sym: sp.Symbol, rng: random.Random) -> sp.Rational:
@@ -147,17 +236,23 @@ def evaluate(e: sp.Expr, point: dict):
 
 
 def close(a, b, rel: float = 1e-30) -> bool:
-    """Entry by entry, |a - b| <= rel * max(1, |a|, |b|)."""
+    """Entry by entry, |a - b| <= rel * max(1, |a|, |b|), at DIGITS digits (a Python
+    complex would round both to 16 digits: a claim off by 1e-20 would pass)."""
     pairs = zip(_entries(a), _entries(b), strict=True)
     try:
-        return all(_close(complex(sp.N(p, DIGITS)), complex(sp.N(q, DIGITS)), rel)
-                   for p, q in pairs)
+        return all(_close(sp.N(p, DIGITS), sp.N(q, DIGITS), rel) for p, q in pairs)
     except TypeError:  # something did not evaluate to a number: not witnessed
         return False
 
 
-def _close(a: complex, b: complex, rel: float) -> bool:
-    return abs(a - b) <= rel * max(1.0, abs(a), abs(b))
+def _close(a: sp.Expr, b: sp.Expr, rel: float) -> bool:
+    if not (a.is_number and b.is_number):
+        raise TypeError("not a number")
+    if not (a.is_finite and b.is_finite):   # oo, zoo, nan: nothing witnessed
+        return False
+    error = sp.N(abs(a - b), DIGITS)
+    size = max(sp.S.One, sp.N(abs(a), DIGITS), sp.N(abs(b), DIGITS))
+    return bool(error <= sp.Float(rel, DIGITS) * size)
 
 
 # -- obligations --------------------------------------------------------------------------
@@ -175,8 +270,10 @@ class Obligation:
     far: sp.Expr | None = None    # limit: where the numeric witness evaluates (|far| large)
     rel: float = 1e-30            # numeric witness: relative tolerance
 
-    def exact(self) -> bool:
-        return _EXACT[self.kind](self)
+    def exact(self) -> bool | None:
+        """Whether SymPy proves the claim; None where it went over the bound of an
+        enclosing ``bounded`` block."""
+        return _exact_within(self, _BOUND[-1]) if _BOUND else _EXACT[self.kind](self)
 
     def numeric(self) -> bool:
         return _NUMERIC[self.kind](self)
@@ -256,15 +353,16 @@ def series(claim, expr, var, order, poly) -> Obligation:
 
 @dataclass(frozen=True)
 class Check:
-    """The outcome of one obligation: both witnesses."""
+    """The outcome of one obligation: both witnesses (exact None: not decided within the
+    bound, the numeric witness alone)."""
 
     claim: str
-    exact: bool
+    exact: bool | None
     numeric: bool
 
     @property
     def ok(self) -> bool:
-        return self.exact and self.numeric
+        return self.exact is not False and self.numeric
 
 
 @dataclass(frozen=True)
@@ -284,8 +382,10 @@ def check(step: Step) -> Step:
     for o in step.obligations:
         c = Check(o.claim, o.exact(), o.numeric())
         if not c.ok:
-            witness = "exact" if not c.exact else "numeric"
+            witness = "exact" if c.exact is False else "numeric"
             raise DerivationError(
                 f"step {step.name!r}: obligation failed ({witness} witness): {o.claim}")
+        if c.exact is None:
+            _BOUND[-1].numeric_only.append(f"{step.name}: {o.claim}")
         results.append(c)
     return Step(step.name, step.expr, step.reason, step.obligations, tuple(results))

@@ -43,6 +43,7 @@ class ElementwisePrinter(PythonCodePrinter):
 
     NAME: str                 # for error messages
     FUNCTIONS: dict           # SymPy function -> the target's function
+    POW: str | None = None    # the target's power with an integer exponent, if it has one
     SQRT: str
     RSQRT: str
     WHERE: str
@@ -94,12 +95,17 @@ class ElementwisePrinter(PythonCodePrinter):
         return " * ".join([b] * n)
 
     def _power(self, base, n: int) -> str:
-        """base^n for n in PRODUCT_POWERS, parenthesised."""
-        return f"({self._product(base, n)})"
+        """base^n, n > 0, parenthesised: a product for n in PRODUCT_POWERS, else the
+        target's POW with the integer n (x^5 in an hvp of x^7)."""
+        if n in PRODUCT_POWERS:
+            return f"({self._product(base, n)})"
+        if self.POW is None:
+            return self._print_not_supported(base**n)
+        return f"{self.POW}({self._print(base)}, {n})"
 
     def _print_Pow(self, expr, rational=False):
-        """Square roots as sqrt/rsqrt, integer powers up to 4 as products and half-integer
-        ones as a product times sqrt or rsqrt (never pow)."""
+        """Square roots as sqrt/rsqrt, integer powers up to 4 as products (beyond, the
+        target's POW) and half-integer ones as such a power times sqrt or rsqrt."""
         base, e = expr.args
         if expr.is_number:        # a constant such as 1/sqrt(pi): its float64 value
             return repr(float(expr))
@@ -107,11 +113,13 @@ class ElementwisePrinter(PythonCodePrinter):
             return f"{self.SQRT}({self._print(base)})"
         if e == sp.Rational(-1, 2):
             return f"{self.RSQRT}({self._print(base)})"
-        if e.is_Integer and abs(e) in PRODUCT_POWERS:
-            return self._power(base, int(e)) if e > 0 else f"(1 / {self._power(base, -int(e))})"
         if e == -1:
             return f"(1 / {self.parenthesize(base, PREC_POW)})"
-        if e.is_Rational and e.q == 2 and abs(e) - sp.S.Half in (1, *PRODUCT_POWERS):
+        if e.is_Integer and e > 1:
+            return self._power(base, int(e))
+        if e.is_Integer and e < -1:
+            return f"(1 / {self._power(base, -int(e))})"
+        if e.is_Rational and e.q == 2:
             # b^(k + 1/2) = b^k sqrt(b), b^-(k + 1/2) = rsqrt(b) / b^k (x/sqrt(1 + x^2)'s
             # derivative is (1 + x^2)^(-3/2))
             k = int(abs(e) - sp.S.Half)
@@ -160,7 +168,7 @@ class ElementwisePrinter(PythonCodePrinter):
     def _print_NumberSymbol(self, expr):
         return repr(float(expr))
 
-    _print_Pi = _print_NumberSymbol
+    _print_Pi = _print_Exp1 = _print_NumberSymbol
 
 
 class TorchPrinter(ElementwisePrinter):
@@ -168,8 +176,10 @@ class TorchPrinter(ElementwisePrinter):
     NAME = "TorchPrinter"
     FUNCTIONS = {sp.tanh: "torch.tanh", sp.erf: "torch.erf", sp.cosh: "torch.cosh",
                  sp.exp: "torch.exp", sp.Abs: "torch.abs", sp.sign: "torch.sign",
-                 Hypot: "hypot"}
-    SQRT, RSQRT, WHERE = "torch.sqrt", "torch.rsqrt", "torch.where"
+                 Hypot: "hypot", sp.sinh: "torch.sinh", sp.log: "torch.log",
+                 sp.atan: "torch.atan", sp.atanh: "torch.atanh", sp.asinh: "torch.asinh",
+                 sp.sin: "torch.sin", sp.cos: "torch.cos", sp.tan: "torch.tan"}
+    SQRT, RSQRT, WHERE, POW = "torch.sqrt", "torch.rsqrt", "torch.where", "torch.pow"
     #: Max/Min -> torch's elementwise (NaN-propagating) maximum/minimum.
     MINMAX = {sp.Max: "torch.maximum", sp.Min: "torch.minimum"}
 

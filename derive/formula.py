@@ -10,6 +10,7 @@ refused here, and so are ``Max``/``Min`` (torch.maximum takes no number) and rel
 from __future__ import annotations
 
 import keyword
+import unicodedata
 
 import sympy as sp
 
@@ -56,8 +57,11 @@ def parse(text: str) -> sp.Expr:
 def identifier(name: str, what: str) -> str:
     """``name`` if it can name a Python function argument or module attribute, else a
     FormulaError saying why (``what``: the role, e.g. "form name")."""
-    if not name.isidentifier() or not name.isascii():
+    if not name.isidentifier():
         raise FormulaError(f"{what} {name!r} is not a Python identifier")
+    if unicodedata.normalize("NFKC", name) != name:   # Python reads identifiers as NFKC
+        raise FormulaError(f"{what} {name!r} would be read by Python as "
+                           f"{unicodedata.normalize('NFKC', name)!r}: write it so")
     if keyword.iskeyword(name) or name.startswith("_"):
         raise FormulaError(f"{what} {name!r} is reserved (a keyword or a private name)")
     return name

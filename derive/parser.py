@@ -11,6 +11,9 @@ is 1/2), as the derivation works in exact arithmetic.
 from __future__ import annotations
 
 import ast
+import io
+import keyword
+import tokenize
 from typing import Callable, Mapping
 
 import sympy as sp
@@ -127,6 +130,18 @@ class _Builder:
         return FUNCTIONS[name](*(self.build(a) for a in node.args))
 
 
+def _keyword(text: str) -> str | None:
+    """The first Python keyword among the names of ``text`` (lambda, in, is, ...), which
+    make it a syntax error when used as a symbol's name."""
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type == tokenize.NAME and keyword.iskeyword(tok.string):
+                return tok.string
+    except (tokenize.TokenError, SyntaxError):  # unbalanced brackets, a bad character
+        pass
+    return None
+
+
 def parse(text: str, symbols: Mapping[str, sp.Symbol],
           scalar: Callable[[str], sp.Symbol] | None = None) -> sp.Basic:
     """The SymPy expression written in ``text``, over ``symbols`` (name -> Symbol); with
@@ -143,7 +158,13 @@ def parse(text: str, symbols: Mapping[str, sp.Symbol],
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as e:
+        word = _keyword(text)
+        if word is not None:
+            raise ParseError(f"{word!r} is a Python keyword: it cannot name a symbol "
+                             f"(rename it) in {text!r}") from None
         raise ParseError(f"not an expression: {e.msg} in {text!r}") from None
+    except (RecursionError, MemoryError):   # Python's parser on deep nesting
+        raise ParseError("expression nested too deeply") from None
     try:
         return _Builder(text, symbols, scalar).build(tree)
     except RecursionError:

@@ -130,13 +130,18 @@ def _pair(text: str, what: str) -> tuple[str, str]:
 
 
 def cmd_generate_form(args) -> int:
-    """A standalone torch module for a formula of the user's: one line for any problem."""
+    """A standalone torch module for a formula of the user's: one line for any problem, a
+    warning line for each thing the user should know about the module written."""
     from . import formgen
     from .printers import UnsupportedNode
 
     if args.check or not args.out:
         raise UsageError("--form takes --out FILE (and not --check)")
-    name, formula = _pair(args.form, "--form")
+    if len(args.form) > 1:
+        raise UsageError(f"one --form per command (got {len(args.form)}: "
+                         f"{', '.join(map(repr, args.form))}); run generate once for each")
+    form = args.form[0]
+    name, formula = _pair(form, "--form")
     inits = {}
     for item in args.init or ():
         sym, value = _pair(item, "--init")
@@ -144,22 +149,27 @@ def cmd_generate_form(args) -> int:
             inits[sym] = float(value)
         except ValueError:
             raise UsageError(f"--init {sym}: not a number: {value!r}") from None
-    command = " ".join(["dynorm generate --form", shlex.quote(args.form),
+    command = " ".join(["dynorm generate --form", shlex.quote(form),
                         *(f"--init {shlex.quote(i)}" for i in args.init or ())])
     try:
-        text = formgen.module(name, formula, inits, command)
+        out = formgen.generate(name, formula, inits, command)
     except ValueError as e:  # the formula's text, its names, an --init
         raise UsageError(f"--form: {e}") from None
     except UnsupportedNode as e:
         raise UsageError(f"--form: cannot generate {name}: {e}") from None
+    except RecursionError:
+        raise UsageError(f"--form: cannot generate {name}: the formula is nested too deeply "
+                         "for SymPy") from None
+    for note in out.notes:
+        print(f"{PROG}: warning: {note}", file=sys.stderr)
     if args.out == "-":
-        sys.stdout.write(text)
+        sys.stdout.write(out.source)
         return 0
     try:
-        Path(args.out).write_text(text)
+        Path(args.out).write_text(out.source, encoding="utf-8")
     except OSError as e:
         raise OSError(e.errno, e.strerror, args.out) from None
-    print(f"wrote {args.out}: {name}(x, weight, bias=None, **scalars) and {formgen.camel(name)}")
+    print(f"wrote {args.out}: {out.signature} and {formgen.camel(name)}")
     return 0
 
 
@@ -214,7 +224,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(run=cmd_derive)
     s = sub.add_parser("generate", help="write the generated sources and notes")
     s.add_argument("--check", action="store_true", help="exit 1 if they are stale")
-    s.add_argument("--form", metavar="NAME=EXPR",
+    s.add_argument("--form", metavar="NAME=EXPR", action="append",
                    help="instead: a standalone torch module for weight * EXPR(x) + bias")
     s.add_argument("--out", metavar="FILE", help="--form's output file, or - for stdout")
     s.add_argument("--init", action="append", metavar="SYM=VALUE",

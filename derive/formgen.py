@@ -14,17 +14,30 @@ from __future__ import annotations
 import math
 import re
 import string
+from dataclasses import dataclass
 
 import sympy as sp
 
 from .codegen import emit, hypot_prelude, torch_functions, uses_hypot
-from .layers import Form, Function
 from .formula import FormulaError, identifier, parse
+from .layers import Form, Function
+from .parser import parse as parse_names
 from .printers import UnsupportedNode
+from .steps import bounded
 from .symbols import x
 
 #: A scalar without ``--init`` starts at this value (the formula as written at scalar 1).
 DEFAULT_INIT = 1.0
+
+#: Each rule application is checked by both witnesses; an exact witness (SymPy reducing the
+#: difference to 0) that has not decided in EXACT_SECONDS, or once EXACT_TOTAL seconds of
+#: them are spent, leaves the claim to the numeric witness (50 digits at random points), and
+#: the notes say so: SymPy's simplify may take minutes on a long formula's second derivatives.
+EXACT_SECONDS = 2.0
+EXACT_TOTAL = 10.0
+#: Functions nested deeper than this are refused: every derivative of tanh(tanh(...)) holds
+#: every level, the second ones every pair, and SymPy recurses once per level.
+MAX_NESTING = 12
 
 #: Names a scalar may not take: the layer's own arguments and outputs, the printed code's
 #: temporaries (the rules' h, q, p, u, e, d, sg, hmax, hmin, hratio; the shift's z; CSE's
@@ -66,16 +79,39 @@ def _check_names(name: str, form: Form) -> None:
                                "or torch.nn.Module uses it); rename it")
 
 
+def nesting(e: sp.Basic) -> int:
+    """How many functions (or non-integer powers) deep e is: tanh(exp(x)) is 2."""
+    deepest, stack = 0, [(e, 0)]
+    while stack:
+        node, depth = stack.pop()
+        depth += isinstance(node, sp.Function) or (node.is_Pow and not node.exp.is_Integer)
+        deepest = max(deepest, depth)
+        stack.extend((a, depth) for a in node.args)
+    return deepest
+
+
 def form(name: str, formula) -> Form:
     """The Form of ``formula`` (text, parsed by ``derive.formula``, or a SymPy expression
-    of the canonical x), named ``name``; FormulaError for a formula without x or with a
-    name the generated code cannot use."""
+    of the canonical x), named ``name``; FormulaError for a formula without x, nested
+    deeper than MAX_NESTING, or with a name the generated code cannot use."""
     f = parse(formula) if isinstance(formula, str) else sp.sympify(formula, strict=True)
     if x not in f.free_symbols:
         raise FormulaError(f"the formula must depend on x, got {sp.sstr(f)!r}")
+    depth = nesting(f)
+    if depth > MAX_NESTING:
+        raise FormulaError(f"the formula nests functions {depth} deep (at most {MAX_NESTING})")
     out = Form.of(name, f)
     _check_names(name, out)
     return out
+
+
+def dropped(text: str, f: Form) -> list[str]:
+    """The names ``text`` uses as scalars that its formula lost (tanh(alpha*x) + 0*beta is
+    tanh(alpha*x)): the module has no parameter for them."""
+    names: list[str] = []
+    parse_names(text, {x.name: x}, lambda n: names.append(n) or sp.Symbol(n, real=True))
+    kept = {s.name for s in f.scalars}
+    return sorted({n for n in names if n not in kept})
 
 
 def _inits(form: Form, inits: dict[str, float]) -> dict[str, float]:
@@ -108,17 +144,56 @@ def module(name: str, formula, inits: dict[str, float] | None = None,
     """The source of the standalone module for ``name`` = ``formula`` (see the module
     docstring). Raises FormulaError for bad text or names, UnsupportedNode (from the
     printer) for a function or power the printer cannot spell in torch."""
+    return generate(name, formula, inits, command).source
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A generated module: its source, its functional's signature, and what its user should
+    know (a parameter the formula lost, a claim checked numerically only)."""
+
+    source: str
+    signature: str
+    notes: tuple[str, ...] = ()
+
+
+def _keywords(scalars) -> str:
+    """The functional's keyword-only parameters after bias: ", *, alpha, shift"."""
+    return "".join(f", {s}" for s in ("*", *scalars)) if scalars else ""
+
+
+def signature(name: str, scalars) -> str:
+    """The functional's signature as the module defines it."""
+    return f"{name}(x, weight, bias=None{_keywords(scalars)})"
+
+
+def generate(name: str, formula, inits: dict[str, float] | None = None,
+             command: str = "dynorm generate --form",
+             seconds: float = EXACT_SECONDS, total: float = EXACT_TOTAL) -> Generated:
+    """The module for ``name`` = ``formula`` with its signature and notes (see ``module``);
+    each exact witness within ``seconds`` (all within ``total``), else numeric only."""
     f = form(name, formula)
     values = _inits(f, inits or {})
-    functions = torch_functions(f)
-    code = "\n\n".join(_emit(name, fn) for fn in functions)
+    notes = [f"{n} drops out of the formula ({sp.sstr(f.formula)}): the layer has no "
+             f"parameter {n}" for n in (dropped(formula, f) if isinstance(formula, str) else ())]
+    try:
+        with bounded(seconds, total) as bound:
+            functions = torch_functions(f)
+        code = "\n\n".join(_emit(name, fn) for fn in functions)
+    except RecursionError:
+        raise FormulaError("the formula is nested too deeply for SymPy") from None
+    if bound.numeric_only:
+        shown = "; ".join(bound.numeric_only[:3]) + ("; ..." if len(bound.numeric_only) > 3
+                                                     else "")
+        notes.append(f"{len(bound.numeric_only)} check(s) of the rules' applications went over "
+                     f"the exact witness's bound ({seconds:g} s each, {total:g} s in all) and "
+                     f"rest on the numeric witness alone (random points, 50 digits): {shown}")
     scalars = tuple(s.name for s in f.scalars)
-    kw = "".join(f", {s}" for s in scalars)
     formula_text = sp.sstr(f.formula)
     fields = {
         "name": name, "Camel": camel(name), "formula": formula_text, "command": command,
         "scalars": repr(scalars), "inits": repr(values),
-        "signature": f"{name}(x, weight, bias=None{', *' + kw if kw else ''})",
+        "signature": signature(name, scalars),
         "module_signature": (f"{camel(name)}(normalized_shape, *"
                              + "".join(f", {k}={v!r}" for k, v in values.items())
                              + ", bias=True, device=None, dtype=None)"),
@@ -128,8 +203,11 @@ def module(name: str, formula, inits: dict[str, float] | None = None,
             name, camel(name), f"{camel(name)}Function", f"{camel(name)}Backward", "SCALARS",
             "INITS", *(fn.name for fn in functions))),
         "functions": "\n\n".join([*((hypot_prelude(),) if uses_hypot(code) else ()), code]),
+        "params": _keywords(scalars),
+        "values": "{" + ", ".join(f'"{s}": {s}' for s in scalars) + "}",
     }
-    return string.Template(SHELL).substitute(fields)
+    return Generated(string.Template(SHELL).substitute(fields), fields["signature"],
+                     tuple(notes))
 
 
 SHELL = '''\
@@ -354,20 +432,18 @@ def _scalar(v, what, x):
     return torch.tensor(float(v), dtype=_compute_dtype(x.dtype), device=x.device)
 
 
-def $name(x, weight, bias=None, **scalars):
+def $name(x, weight, bias=None$params):
     """y = weight * ($formula) + bias over the last dimension of x.
 
     x: (..., C), floating point; weight: (C,); bias: (C,) or None; $scalar_doc.
     Returns x's shape and dtype."""
+    return _apply(x, weight, bias, $values)
+
+
+def _apply(x, weight, bias, scalars):
+    """$name's arguments checked, then its Function (the traced one under torch.compile)."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0:
         raise TypeError("$name: x must be a floating-point tensor with at least one dimension")
-    for s in SCALARS:
-        if s not in scalars:
-            raise TypeError(f"$name() missing the scalar {s!r} (scalars: {', '.join(SCALARS)})")
-    for s in scalars:
-        if s not in SCALARS:
-            raise TypeError(f"$name() got an unexpected scalar {s!r} (scalars: "
-                            f"{', '.join(SCALARS) or 'none'})")
     C = x.shape[-1]
     weight = _tensor(weight, "weight", x, (C,))
     bias = None if bias is None else _tensor(bias, "bias", x, (C,))

@@ -271,17 +271,9 @@ def fused_backward(code, grad, x, scalars, weight):
     return gx.view(x.shape), gs, tw.view(-1, tw.shape[-1]).sum(0), gb
 
 
-# -- Triton ---------------------------------------------------------------------------------
+# -- the table ------------------------------------------------------------------------------
 
-def triton_forward(code, x, scalars, weight, bias):
-    return kernels.OPS[code.name].forward(x, scalars, weight, bias)
-
-
-def triton_backward(code, grad, x, scalars, weight):
-    return kernels.OPS[code.name].backward(grad, x, scalars, weight)
-
-
-#: backend -> (forward, backward).
+#: backend -> (forward, backward); the Triton backend's are numeric/kernels.py's launches.
 RUN = {"torch": (torch_forward, torch_backward),
        "fused": (fused_forward, fused_backward),
-       "triton": (triton_forward, triton_backward)}
+       "triton": (kernels.forward, kernels.backward)}

@@ -23,6 +23,7 @@ import json
 import statistics
 import time
 from contextlib import contextmanager
+from types import SimpleNamespace
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -396,33 +397,39 @@ def latency(device: str, quick: bool = False) -> list[dict]:
     return rows
 
 
-#: The latency row of the Triton backend's call path on a CPU with every kernel launch
-#: replaced by a no-op: what a CUDA call costs in Python (module, Function, op choice,
-#: allocations), the kernels' own time excluded.
+#: The latency row of the Triton backend's call path on a CPU with every kernel a no-op:
+#: what a CUDA call costs in Python (module, Function, the checks, allocations, the launch
+#: arguments), the kernels' own time excluded.
 NOOP_LAUNCHES = "ours-cuda-path-noop-launches"
+
+
+class _NoopKernel:
+    """A Triton kernel's stand-in: ``kernel[grid](...)`` records the launch, computes nothing."""
+
+    def __init__(self, name: str, launched: list):
+        self.name, self.launched = name, launched
+
+    def __getitem__(self, grid):
+        return lambda *args, **meta: self.launched.append((self.name, grid))
 
 
 @contextmanager
 def _noop_launches(on: bool):
-    """The Triton backend runnable on a CPU with its launches no-ops (outputs allocated,
-    never written: timing only)."""
+    """The Triton backend runnable on a CPU, every kernel a no-op (outputs allocated, never
+    written: timing only); yields the list of launches it saw."""
+    launched: list = []
     if not on:
-        yield
+        yield launched
         return
-    saved = kernels.check_device, kernels.launch_forward, kernels.launch_backward
-
-    def backward(form, grad, x, scalars, weight):
-        C = x.shape[-1]
-        return (torch.empty_like(x), [torch.empty((), dtype=torch.float64) for _ in scalars],
-                torch.empty(C, dtype=torch.float64), torch.empty(C, dtype=torch.float64))
-
-    kernels.check_device = lambda x: None
-    kernels.launch_forward = lambda form, x, scalars, weight, bias: torch.empty_like(x)
-    kernels.launch_backward = backward
+    fake = SimpleNamespace(KERNELS={form: SimpleNamespace(**{
+        role: _NoopKernel(f"{form}_{role}", launched) for role in ("forward", "backward", "sums")})
+        for form in FORMS})
+    saved = kernels.check_device, kernels._kernels
+    kernels.check_device, kernels._kernels = (lambda x: None), (lambda x: fake)
     try:
-        yield
+        yield launched
     finally:
-        kernels.check_device, kernels.launch_forward, kernels.launch_backward = saved
+        kernels.check_device, kernels._kernels = saved
 
 
 LATENCY_HEADER = ["impl", "layer", "shape", "dtype", "mode", "time_us", "ratio_vs_eager"]

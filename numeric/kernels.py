@@ -1,11 +1,12 @@
 """The Triton backend: the generated kernels of the layer forms, launched, and as torch ops.
 
 numeric.backends runs these for CUDA tensors (and, with set_backend("triton"), for CPU
-tensors through Triton's interpreter, TRITON_INTERPRET=1), through OPS[form]:
+tensors through Triton's interpreter, TRITON_INTERPRET=1), given a form's row of the
+generated table (numeric.generated.layers.CODE):
 
-    OPS[form].forward(x, scalars, weight, bias) -> y
-    OPS[form].backward(grad, x, scalars, weight) -> (grad_x, [grad of each scalar],
-                                                     grad_weight, grad_bias)
+    forward(code, x, scalars, weight, bias) -> y
+    backward(code, grad, x, scalars, weight) -> (grad_x, [grad of each scalar],
+                                                 grad_weight, grad_bias)
 
 as every backend (numeric/backends.py). An eager call launches the kernels directly; a call
 being traced (torch.compile, torch.export, make_fx) goes through the form's two custom ops,
@@ -32,6 +33,7 @@ import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
 from .generated.forms import FORMS
+from .generated.layers import CODE
 
 
 #: Forward: elements per program (a (BLOCK_R, BLOCK_C) tile) and its widest BLOCK_C.
@@ -103,40 +105,47 @@ def backward_grid(N: int, C: int) -> dict:
             "programs": _cdiv(N, rows_per_program), "channel_blocks": _cdiv(C, block_c)}
 
 
-# -- the launches ---------------------------------------------------------------------------
+# -- the launches: RUN["triton"] of numeric.backends -------------------------------------------
 
-def launch_forward(form: str, x, scalars, weight, bias):
-    """y = weight * f(x; scalars) + bias by the form's kernel (x (..., C); y x's dtype)."""
+def forward(code, x, scalars, weight, bias, *, op: bool = True):
+    """y = weight * f(x; scalars) + bias by the form's kernel (x (..., C); y x's dtype); a
+    call being traced goes through the form's custom op instead (``op=False``: the op's own
+    launch)."""
+    if op and _traced(x):
+        return OPS[code.name].forward_op(x, *scalars, weight, bias)
     x = x.contiguous()
     y = torch.empty_like(x)
     C = x.shape[-1]
     N = x.numel() // C if C else 0
     if N and C:
         g = forward_grid(N, C)
-        _kernels(x).KERNELS[form].forward[g["grid"]](
+        _kernels(x).KERNELS[code.name].forward[g["grid"]](
             x, *(s.reshape(()) for s in scalars), weight.contiguous(),
             None if bias is None else bias.contiguous(), y, N, C, HAS_BIAS=bias is not None,
             BLOCK_R=g["BLOCK_R"], BLOCK_C=g["BLOCK_C"])
     return y
 
 
-def launch_backward(form: str, grad, x, scalars, weight):
+def backward(code, grad, x, scalars, weight, *, op: bool = True):
     """(grad_x, [grad of each scalar], grad_weight, grad_bias) by the form's two stages:
-    grad_x in x's dtype, the sums in float64."""
+    grad_x in x's dtype, the sums in float64 (written whole by the second stage: no fill)."""
+    if op and _traced(x):
+        gx, *gs, gw, gb = OPS[code.name].backward_op(grad, x, *scalars, weight)
+        return gx, gs, gw, gb
     x, grad = x.contiguous(), grad.contiguous()
     C = x.shape[-1]
     N = x.numel() // C if C else 0
     grad_x = torch.empty_like(x)
+    new = torch.empty if N and C else torch.zeros
     f64 = dict(dtype=torch.float64, device=x.device)
-    sums = [torch.zeros((), **f64) for _ in scalars] + [torch.zeros((C,), **f64)
-                                                         for _ in range(2)]
+    sums = [new((), **f64) for _ in scalars] + [new((C,), **f64) for _ in range(2)]
     if N and C:
         g = backward_grid(N, C)
         P, B = g["programs"], g["channel_blocks"]
         f32 = dict(dtype=torch.float32, device=x.device)
         partials = torch.empty((2, P, C), **f32)               # weight's, bias's
         scalar_partials = torch.empty((len(scalars), P, B), **f32)
-        k = _kernels(x).KERNELS[form]
+        k = _kernels(x).KERNELS[code.name]
         k.backward[(P, B)](grad, x, *(s.reshape(()) for s in scalars), weight.contiguous(),
                            grad_x, partials, scalar_partials, N, C, g["rows_per_program"],
                            BLOCK_R=g["BLOCK_R"], BLOCK_C=g["BLOCK_C"])
@@ -150,23 +159,23 @@ def launch_backward(form: str, grad, x, scalars, weight):
 
 class FormOps:
     """One form's two custom ops, ``dynorm::{form}_forward`` and ``dynorm::{form}_backward``,
-    in the functional's argument order (x, scalars..., weight, bias), and the calls that
-    choose between them and a direct launch."""
+    in the functional's argument order (x, scalars..., weight, bias), each the launch
+    above."""
 
-    def __init__(self, form: str, scalars: tuple[str, ...]):
-        self.form = form
+    def __init__(self, code, scalars: tuple[str, ...]):
+        form = code.name
         ts = "".join(f"Tensor {s}, " for s in scalars)
         outs = ", ".join(["Tensor grad_x", *(f"Tensor grad_{s}" for s in scalars),
                           "Tensor grad_weight", "Tensor grad_bias"])
         n = len(scalars)
 
-        def forward(x, *args):
+        def forward_op(x, *args):
             *ss, weight, bias = args
-            return launch_forward(form, x, ss, weight, bias)
+            return forward(code, x, ss, weight, bias, op=False)
 
-        def backward(grad, x, *args):
+        def backward_op(grad, x, *args):
             *ss, weight = args
-            gx, gs, gw, gb = launch_backward(form, grad, x, ss, weight)
+            gx, gs, gw, gb = backward(code, grad, x, ss, weight, op=False)
             return (gx, *gs, gw, gb)
 
         def forward_fake(x, *args):
@@ -179,24 +188,13 @@ class FormOps:
                     x.new_empty((C,), dtype=f64), x.new_empty((C,), dtype=f64))
 
         self.forward_op = torch.library.custom_op(
-            f"dynorm::{form}_forward", forward, mutates_args=(),
+            f"dynorm::{form}_forward", forward_op, mutates_args=(),
             schema=f"(Tensor x, {ts}Tensor weight, Tensor? bias) -> Tensor")
         self.forward_op.register_fake(forward_fake)
         self.backward_op = torch.library.custom_op(
-            f"dynorm::{form}_backward", backward, mutates_args=(),
+            f"dynorm::{form}_backward", backward_op, mutates_args=(),
             schema=f"(Tensor grad, Tensor x, {ts}Tensor weight) -> ({outs})")
         self.backward_op.register_fake(backward_fake)
-
-    def forward(self, x, scalars, weight, bias):
-        if _traced(x):
-            return self.forward_op(x, *scalars, weight, bias)
-        return launch_forward(self.form, x, scalars, weight, bias)
-
-    def backward(self, grad, x, scalars, weight):
-        if _traced(x):
-            gx, *gs, gw, gb = self.backward_op(grad, x, *scalars, weight)
-            return gx, gs, gw, gb
-        return launch_backward(self.form, grad, x, scalars, weight)
 
 
 def _traced(x: torch.Tensor) -> bool:
@@ -207,4 +205,4 @@ def _traced(x: torch.Tensor) -> bool:
 
 
 #: form -> its ops.
-OPS = {name: FormOps(name, form.scalars) for name, form in FORMS.items()}
+OPS = {name: FormOps(CODE[name], form.scalars) for name, form in FORMS.items()}

@@ -165,31 +165,45 @@ def test_bad_inputs_raise_their_own_error():
 
 
 @pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
-@pytest.mark.parametrize("backend", ["torch", "fused"])
+@pytest.mark.parametrize("backend", ["torch", "fused", "triton"])
 def test_at_most_three_frames_between_the_module_and_the_generated_code(backend, grad,
                                                                          monkeypatch):
     """DyT.forward -> functional.dyt -> DyTFunction.forward -> the backend -> the generated
-    function (or, fused, the compiled call of it); without autograd, no Function."""
+    function (or, fused, the compiled call of it; Triton, the kernel's launch); without
+    autograd, no Function."""
+    from types import SimpleNamespace
+
+    from numeric import kernels as K
     from numeric._autograd import DyTFunction
     from numeric.generated import layers as G
 
     seen, calls = [], []
-    role = "forward" if backend == "torch" else "fused_forward"
-    code = G.CODE["dyt"]
-    original = getattr(code, role)
 
-    def spy(*args):
+    def frames():
         calls.append(1)
-        f = sys._getframe(1)
+        f = sys._getframe(2)
         while f.f_code is not numeric.DyT.forward.__code__:
             if f.f_code.co_filename.startswith(str(ROOT / "numeric")):
                 seen.append(f.f_code.co_qualname)
             f = f.f_back
-        return original(*args)
 
-    spied = code._replace(**{role: spy})
-    monkeypatch.setitem(G.CODE, "dyt", spied)
-    monkeypatch.setattr(DyTFunction, "code", spied)
+    if backend == "triton":          # the launch, a spy (no kernel runs: frames only)
+        kernel = type("Kernel", (), {"__getitem__": lambda self, grid: lambda *a, **k: frames()})
+        fake = SimpleNamespace(KERNELS={"dyt": SimpleNamespace(forward=kernel())})
+        monkeypatch.setattr(K, "_kernels", lambda x: fake)
+        monkeypatch.setattr(K, "check_device", lambda x: None)
+    else:
+        role = "forward" if backend == "torch" else "fused_forward"
+        code = G.CODE["dyt"]
+        original = getattr(code, role)
+
+        def spy(*args):
+            frames()
+            return original(*args)
+
+        spied = code._replace(**{role: spy})
+        monkeypatch.setitem(G.CODE, "dyt", spied)
+        monkeypatch.setattr(DyTFunction, "code", spied)
     B._compiled.cache_clear()
     try:
         with checks.backend(backend), torch.set_grad_enabled(grad):

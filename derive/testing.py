@@ -258,15 +258,18 @@ def _symbols(s: layers.Form, what: str) -> tuple[sp.Symbol, ...]:
                      f"in {', '.join(names)})")
 
 
+@cache
 def _derivative(e: sp.Expr, syms: tuple[sp.Symbol, ...]) -> sp.Expr:
     """e differentiated in ``syms``, written so that mpmath need not cancel: a first
     derivative simplified (beta/(beta + x^2)^(3/2), not the difference of two nearly equal
-    terms), a second over one denominator (1 - x^2/(beta + x^2) would cancel at every
-    precision below)."""
+    terms); a second one the derivative of that, over one denominator (1 - x^2/(beta + x^2)
+    would cancel at every precision below; the raw second derivative of tanh is
+    (tanh - 1)(tanh + 1) tanh, 0 at 120 digits where it is 1e-238)."""
     if not syms:
         return e
-    d = sp.diff(e, *syms)
-    return sp.factor(sp.together(d)) if len(syms) == 2 else sp.simplify(d)
+    if len(syms) == 2:
+        return sp.factor(sp.together(sp.diff(_derivative(e, syms[:1]), syms[1])))
+    return sp.simplify(sp.diff(e, *syms))
 
 
 @cache
@@ -290,8 +293,14 @@ def _regular_part(*args):
     return 0
 
 
+def _heaviside(u, h0=0.5):
+    """SymPy's Heaviside (the derivative of Max and Min): 1/2 at 0, as torch's maximum
+    splits a tie's gradient."""
+    return 1 if u > 0 else 0 if u < 0 else h0
+
+
 #: What mpmath cannot evaluate and the references take in its place.
-_MODULES = [{"DiracDelta": _regular_part}, "mpmath"]
+_MODULES = [{"DiracDelta": _regular_part, "Heaviside": _heaviside}, "mpmath"]
 
 
 def _deltas(e: sp.Expr) -> tuple[sp.Expr, ...]:
@@ -367,8 +376,9 @@ def _stable_at(fn, v, rest, precisions=PRECISIONS) -> float:
             if isinstance(val, mpmath.mpc):  # e.g. sqrt of a negative: no real value
                 return math.nan
             val = mpmath.mpf(val)
+            # two exact zeros are not agreement: cancellation loses everything alike
             if prev is not None and (mpmath.isnan(val) or abs(val - prev) <= abs(val) * 1e-25
-                                     or float(val) == float(prev)):
+                                     or float(val) == float(prev)) and (val or prev):
                 return float(val)
             prev = val
     return float(prev)
@@ -865,11 +875,12 @@ def _unchecked(s: layers.Form, order: int) -> list[str]:
     for what in _table_whats(s, order)[1:] if order else ():
         us = _deltas(_f_expr(s, what))
         if us:
-            of = " and ".join(_symbols(s, what)[i].name for i in range(len(_symbols(s, what))))
+            names = [v.name for v in _symbols(s, what)]
+            of = f"{names[0]} twice" if len(set(names)) < len(names) else " and ".join(names)
             where = " or ".join(f"{sp.sstr(u)} = 0" for u in us)
             kind = "second derivative" if what.startswith("d2_") else "derivative"
             terms = ", ".join(f"DiracDelta({sp.sstr(u)})" for u in us)
-            out.append(f"{s.name}: the {kind} in {of} has {terms} (a derivative of sign or abs): "
+            out.append(f"{s.name}: the {kind} in {of} has {terms} (the derivative of a step: sign, abs, Max, Min): "
                        f"it is not defined where {where}, a point mass there; those elements, "
                        f"and the sums over them, are not compared; its regular part is, "
                        f"everywhere else")

@@ -26,13 +26,13 @@ def dyt_off(x, weight, bias, alpha):
 
 
 def test_an_eager_dyt_has_the_right_values():
-    assert_matches(dyt, "dyt", dtypes=[F32, F64], order=0, examples=10)
+    assert_matches(dyt, "dyt", dtypes=[F32, F64], order=0, examples=10, sweep=1)
 
 
 def test_a_slightly_wrong_alpha_is_caught_with_its_input():
     with pytest.raises(Mismatch, match=r"dyt \(float64, cpu\) y: .* worst at .*inputs \{'x': "
                                        r".*'alpha': "):
-        assert_matches(dyt_off, "dyt", dtypes=[F64], order=0, examples=10)
+        assert_matches(dyt_off, "dyt", dtypes=[F64], order=0, examples=10, sweep=0)
 
 
 def test_the_cancelling_tanh_backward_is_caught_in_float32():
@@ -62,9 +62,9 @@ def dyt_first_only(x, weight, bias, alpha):
 
 
 def test_a_missing_second_derivative_is_caught_at_order_2():
-    assert_matches(dyt_first_only, "dyt", dtypes=[F64], examples=5)
+    assert_matches(dyt_first_only, "dyt", dtypes=[F64], examples=5, sweep=0)
     with pytest.raises(Mismatch, match=r"dyt \(float64, cpu\) second derivative in x"):
-        assert_matches(dyt_first_only, "dyt", dtypes=[F64], examples=5, order=2)
+        assert_matches(dyt_first_only, "dyt", dtypes=[F64], examples=5, order=2, sweep=0)
 
 
 def test_a_formula_as_text_or_sympy():
@@ -72,12 +72,14 @@ def test_a_formula_as_text_or_sympy():
     def shifted(x, weight, bias, alpha, shift):
         return weight * torch.tanh(alpha * (x - shift)) + bias
 
-    assert_matches(shifted, "tanh(alpha*(x - shift))", dtypes=[F64], order=0, examples=5)
+    assert_matches(shifted, "tanh(alpha*(x - shift))", dtypes=[F64], order=0, examples=5,
+                   sweep=0)
     a, s = sp.symbols("alpha shift", positive=True)
     assert_matches(shifted, sp.tanh(a * (sp.Symbol("x") - s)), dtypes=[F64], order=0,
-                   examples=5, ranges={"shift": (1.0, 2.0)})
+                   examples=5, ranges={"shift": (1.0, 2.0)}, sweep=0)
     with pytest.raises(Mismatch):
-        assert_matches(shifted, "tanh(alpha*(x + shift))", dtypes=[F64], order=0, examples=10)
+        assert_matches(shifted, "tanh(alpha*(x + shift))", dtypes=[F64], order=0, examples=10,
+                       sweep=0)
 
 
 def test_a_value_beyond_the_dtypes_range_is_inf():
@@ -88,13 +90,13 @@ def test_a_value_beyond_the_dtypes_range_is_inf():
         return (weight.to(d) * (alpha.to(d) * x.to(d)) + bias.to(d)).to(x.dtype)
 
     assert_matches(linear, "alpha*x", dtypes=[F32], order=0, examples=20,
-                   ranges={"alpha": (2.0, 10.0)})
+                   ranges={"alpha": (2.0, 10.0)})      # the sweep reaches float32's max
 
 
 def test_the_output_must_keep_x_dtype():
     with pytest.raises(Mismatch, match="x's shape and dtype"):
         assert_matches(lambda x, weight, bias, alpha: dyt(x, weight, bias, alpha).double(),
-                       "dyt", dtypes=[F32], order=0, examples=2)
+                       "dyt", dtypes=[F32], order=0, examples=2, sweep=0)
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
@@ -103,6 +105,8 @@ def test_the_output_must_keep_x_dtype():
     ({"dtypes": [torch.int32]}, ValueError, "dtypes"),
     ({"dtypes": []}, ValueError, "dtypes"),
     ({"ranges": {"beta": (0, 1)}}, ValueError, r"ranges: \['beta'\]"),
+    ({"sweep": -1}, ValueError, "sweep must be an int >= 0"),
+    ({"tolerance": "exact"}, ValueError, "tolerance must be 'ulp' or 'torch'"),
 ])
 def test_arguments_are_checked(kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -43,6 +43,13 @@ class Statistic:
         return (MEAN if self.kind == "mean" else SUM)(self.h)
 
 
+def _stat_symbol(name: str, h: sp.Expr) -> sp.Symbol:
+    """A statistic's symbol: real, and nonnegative where its summand is (a mean of
+    |x|^(1/2) is, so |epsilon + tau| is epsilon + tau in what it derives)."""
+    return sp.Symbol(name, real=True, nonnegative=True) if h.is_nonnegative else \
+        sp.Symbol(name, real=True)
+
+
 def extract(norm: sp.Expr) -> tuple[sp.Expr, tuple[Statistic, ...]]:
     """(body, statistics): the norm with each mean/sum replaced by its symbol tau_m.
 
@@ -59,7 +66,7 @@ def extract(norm: sp.Expr) -> tuple[sp.Expr, tuple[Statistic, ...]]:
             for st in stats:
                 if (st.kind, st.h) == (_KINDS[e.func], h):
                     return st.symbol
-            stats.append(Statistic(sp.Symbol(f"tau_{len(stats) + 1}", real=True),
+            stats.append(Statistic(_stat_symbol(f"tau_{len(stats) + 1}", h),
                                    _KINDS[e.func], h))
             return stats[-1].symbol
         if not e.args:
@@ -68,7 +75,7 @@ def extract(norm: sp.Expr) -> tuple[sp.Expr, tuple[Statistic, ...]]:
 
     body = visit(norm)
     if len(stats) == 1:  # one statistic: call it tau
-        only = Statistic(sp.Symbol("tau", real=True), stats[0].kind, stats[0].h)
+        only = Statistic(_stat_symbol("tau", stats[0].h), stats[0].kind, stats[0].h)
         body, stats = body.xreplace({stats[0].symbol: only.symbol}), [only]
     return body, tuple(stats)
 

@@ -127,7 +127,26 @@ class ElementwisePrinter(PythonCodePrinter):
             if e > 0:
                 return f"({rest}*{self.SQRT}({self._print(base)}))"
             return f"({self.RSQRT}({self._print(base)})/{rest})"
+        if e.is_Rational and e.q & (e.q - 1) == 0:
+            return self._root(base, e)
         return self._print_not_supported(expr)
+
+    def _root(self, base, e) -> str:
+        """b^(p/2^k), k >= 2 (sqrt(sqrt(x)) is x^(1/4)): the square root taken k times,
+        then its power p."""
+        root = self._print(base)
+        for _ in range(e.q.bit_length() - 1):
+            root = f"{self.SQRT}({root})"
+        n = abs(e.p)
+        if n == 1:
+            text = root
+        elif n in PRODUCT_POWERS:
+            text = "(" + " * ".join([root] * n) + ")"
+        elif self.POW is not None:
+            text = f"{self.POW}({root}, {n})"
+        else:
+            return self._print_not_supported(base**e)
+        return text if e > 0 else f"(1 / {text})"
 
     def _print_Mul(self, expr):
         """Factors joined by *, negative integer powers as one division (rsqrt stays a factor).

@@ -142,7 +142,12 @@ def _at(v, i: int, n: int):
         return v
     if v.numel() == n:
         return v.flatten()[i].item()
-    return v.item() if v.numel() == 1 else v.detach().flatten().tolist()
+    if v.numel() == 1:
+        return v.item()
+    if v.numel() <= 16:
+        return v.detach().flatten().tolist()
+    f = v.detach().double().flatten()       # a sweep's thousands of values: their span
+    return f"{v.numel()} values from {f.min().item()!r} to {f.max().item()!r}"
 
 
 def assert_close(got: torch.Tensor, ref: torch.Tensor, *, scale=None, dtype=None,
@@ -268,7 +273,10 @@ def _derivative(e: sp.Expr, syms: tuple[sp.Symbol, ...]) -> sp.Expr:
     if not syms:
         return e
     if len(syms) == 2:
-        return sp.factor(sp.together(sp.diff(_derivative(e, syms[:1]), syms[1])))
+        d = sp.diff(_derivative(e, syms[:1]), syms[1])
+        nice = sp.factor(sp.together(d))
+        # a simplified first derivative with abs in it is a Piecewise: simplify that
+        return sp.simplify(d) if nice.has(sp.Piecewise) else nice
     return sp.simplify(sp.diff(e, *syms))
 
 
@@ -287,6 +295,24 @@ def _f_expr(s: layers.Form, what: str) -> sp.Expr:
     return _derivative(f, () if what == "f" else _symbols(s, what))
 
 
+@cache
+def _where_undefined(s: layers.Form, what: str, layer: bool = True):
+    """(u, why) for each term that leaves ``what`` (the layer's, or f's) undefined where
+    u = 0: a DiracDelta of SymPy's plain derivative (the form compared may have cancelled
+    it: x DiracDelta(x) is 0, but the derivative before it jumps at 0), a sign or Heaviside
+    of the form compared (it jumps there)."""
+    if what in ("y", "f"):
+        return ()
+    e = s.layer if layer else (s.layer - symbols.bias) / symbols.weight
+    raw = sp.diff(e, *_symbols(s, what))
+    found = {(a.args[0], f"DiracDelta({sp.sstr(a.args[0])}): a point mass there")
+             for a in raw.atoms(sp.DiracDelta)}
+    done = _expr(s, what) if layer else _f_expr(s, what)
+    found |= {(a.args[0], f"{a.func.__name__}({sp.sstr(a.args[0])}): it jumps there")
+              for a in done.atoms(sp.sign, sp.Heaviside)}
+    return tuple(sorted(found, key=lambda p: (sp.default_sort_key(p[0]), p[1])))
+
+
 def _regular_part(*args):
     """DiracDelta(u) (or a derivative of it) away from u = 0: 0. Where u = 0 the
     derivative is a distribution; ``singular`` marks those elements."""
@@ -303,11 +329,6 @@ def _heaviside(u, h0=0.5):
 _MODULES = [{"DiracDelta": _regular_part, "Heaviside": _heaviside}, "mpmath"]
 
 
-def _deltas(e: sp.Expr) -> tuple[sp.Expr, ...]:
-    """The arguments u of the DiracDelta terms of e: e is not defined where one is 0."""
-    return tuple(sorted({d.args[0] for d in e.atoms(sp.DiracDelta)}, key=sp.default_sort_key))
-
-
 @cache
 def _lambda(s: layers.Form, what: str):
     """The mpmath callable of (x, scalars..., weight, bias) for ``what``: "y", "f", a first
@@ -316,8 +337,8 @@ def _lambda(s: layers.Form, what: str):
 
 
 @cache
-def _singular_lambda(e: sp.Expr, args: tuple[sp.Symbol, ...]):
-    return sp.lambdify(args, list(_deltas(e)), "mpmath")
+def _singular_lambda(us: tuple[sp.Expr, ...], args: tuple[sp.Symbol, ...]):
+    return sp.lambdify(args, list(us), "mpmath")
 
 
 def _is_singular(fn, v: float, ss) -> bool:
@@ -342,13 +363,13 @@ def evaluate(form, what: str, x_t, scalars, w_t, b_t) -> torch.Tensor:
 
 
 def singular(form, what: str, x_t, scalars) -> torch.Tensor | None:
-    """Where ``what`` is not a function (a DiracDelta term's argument is 0): a bool tensor
-    of x's shape, or None where it is defined everywhere."""
+    """Where ``what`` is not defined (``_where_undefined``): a bool tensor of x's shape, or
+    None where it is defined everywhere."""
     s = spec(form)
-    e = _expr(s, what)
-    if not _deltas(e):
+    us = tuple(dict.fromkeys(u for u, _ in _where_undefined(s, what)))
+    if not us:
         return None
-    fn = _singular_lambda(e, (x, *s.params, symbols.weight, symbols.bias))
+    fn = _singular_lambda(us, (x, *s.params, symbols.weight, symbols.bias))
     ss = [float(t) for t in scalars] + [1.0, 0.0]
     xs = x_t.detach().to(torch.float64).cpu()
     return torch.tensor([_is_singular(fn, v, ss) for v in xs.flatten().tolist()],
@@ -523,11 +544,11 @@ def _evaluate_table(s: layers.Form, whats, scalars, xs: list[float]):
                 col[i] = _stable_at(each[q], v, scalars)
     sings = []
     for w in whats:
-        e = _f_expr(s, w)
-        if not _deltas(e):
+        us = tuple(dict.fromkeys(u for u, _ in _where_undefined(s, w, layer=False)))
+        if not us:
             sings.append([])
             continue
-        fn = _singular_lambda(e, (x, *s.params))
+        fn = _singular_lambda(us, (x, *s.params))
         sings.append([i for i, v in enumerate(xs) if _is_singular(fn, v, scalars)])
     return list(zip(cols, sings))
 
@@ -869,21 +890,20 @@ def _table_whats(s: layers.Form, order: int) -> tuple[str, ...]:
 
 
 def _unchecked(s: layers.Form, order: int) -> list[str]:
-    """What cannot be compared everywhere at ``order``: one line per derivative with a
-    DiracDelta term."""
+    """What cannot be compared everywhere at ``order``: one line per derivative that is not
+    a function somewhere (a DiracDelta term; sign or Heaviside, which jump)."""
     out = []
     for what in _table_whats(s, order)[1:] if order else ():
-        us = _deltas(_f_expr(s, what))
-        if us:
+        found = _where_undefined(s, what, layer=False)
+        if found:
             names = [v.name for v in _symbols(s, what)]
             of = f"{names[0]} twice" if len(set(names)) < len(names) else " and ".join(names)
-            where = " or ".join(f"{sp.sstr(u)} = 0" for u in us)
+            where = " or ".join(f"{sp.sstr(u)} = 0" for u in dict.fromkeys(u for u, _ in found))
             kind = "second derivative" if what.startswith("d2_") else "derivative"
-            terms = ", ".join(f"DiracDelta({sp.sstr(u)})" for u in us)
-            out.append(f"{s.name}: the {kind} in {of} has {terms} (the derivative of a step: sign, abs, Max, Min): "
-                       f"it is not defined where {where}, a point mass there; those elements, "
-                       f"and the sums over them, are not compared; its regular part is, "
-                       f"everywhere else")
+            why = "; ".join(w for _, w in found)
+            out.append(f"{s.name}: the {kind} in {of} is not defined where {where} ({why}): "
+                       f"those elements, and the sums over them, are not compared; everywhere "
+                       f"else they are")
     return out
 
 

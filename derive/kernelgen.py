@@ -213,7 +213,8 @@ def sums_source(kernel: Kernel) -> str:
         *(f"            {n} += tl.load(partials_ptr + {_at(k, 'programs * C')}row, mask=mask, "
           "other=0.0).to(tl.float64)" for k, n in enumerate(per_channel)),
         "            row += C",
-        *(f"        tl.store({n}_ptr + channels, {n}, mask=mask)" for n in per_channel),
+        *(f"        tl.store({n}_ptr + channels, {n}.to({n}_ptr.dtype.element_ty), mask=mask)"
+          for n in per_channel),
         "    else:",
         "        cells = programs * channel_blocks",
         *(f"        {n} = tl.zeros((BLOCK,), dtype=tl.float64)" for n in per_scalar),
@@ -221,7 +222,8 @@ def sums_source(kernel: Kernel) -> str:
         "            at = start + tl.arange(0, BLOCK)",
         *(f"            {n} += tl.load(scalar_partials_ptr + {_at(k, 'cells')}at, "
           "mask=at < cells, other=0.0).to(tl.float64)" for k, n in enumerate(per_scalar)),
-        *(f"        tl.store({n}_ptr, tl.sum({n}, axis=0))" for n in per_scalar),
+        *(f"        tl.store({n}_ptr, tl.sum({n}, axis=0).to({n}_ptr.dtype.element_ty))"
+          for n in per_scalar),
     ]
     doc = (f'    """{kernel.name}: stage two of the backward, one launch. Grid: (channel_blocks '
            "+ 1,); program b < channel_blocks sums\n    partials[k, :, its channels] over "

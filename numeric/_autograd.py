@@ -116,8 +116,8 @@ class FormBackward(torch.autograd.Function):
     derivatives (through the backend), its backward and jvp the second (op by op).
 
     apply(grad, x, *scalars, weight) -> (grad_x, *grad_scalars, grad_weight, grad_bias),
-    the generated backward's order, each in its input's dtype (grad_bias in the compute
-    dtype; the caller casts it).
+    the generated backward's order, each in its input's dtype (grad_bias in the dtype the
+    backend gives it, float32, float64 or the weight's; the caller casts it).
     """
 
     form: str
@@ -128,13 +128,13 @@ class FormBackward(torch.autograd.Function):
     def forward(cls, grad, x, *args):
         *scalars, weight = args
         gx, gs, gw, gb = RUN[choose(x)][1](cls.code, grad, x, scalars, weight)
-        return (gx, *(cast(g, s.dtype) for g, s in zip(gs, scalars)), cast(gw, weight.dtype),
-                cast(gb, compute_dtype(x.dtype)))
+        return (gx, *(cast(g, s.dtype) for g, s in zip(gs, scalars)), cast(gw, weight.dtype), gb)
 
     @classmethod
     def setup_context(cls, ctx, inputs, output):
         ctx.save_for_backward(*inputs)
         ctx.save_for_forward(*inputs)
+        ctx.bias_grad_dtype = output[-1].dtype      # the backend's (see the docstring)
 
     @classmethod
     def _second(cls, grad, x, weight, scalars, v_x, v_w, v_s):
@@ -183,7 +183,8 @@ class FormBackward(torch.autograd.Function):
         f_x, *f_s, f_w = cls.code.backward(g_t, _clamped(x), *args)
         return ((f_x + h_x).expand(x.shape).to(x.dtype),
                 *(_sum_like(f + h, x, s) for f, h, s in zip(f_s, h_s, scalars)),
-                _sum_like(f_w + h_w, x, weight), _sum_like(g_t, x, weight.detach().to(ct)))
+                _sum_like(f_w + h_w, x, weight),
+                cast(_sum_like(g_t, x, weight.detach().to(ct)), ctx.bias_grad_dtype))
 
 
 # -- one named pair per form -------------------------------------------------------------------
@@ -265,8 +266,9 @@ class TracedFunction(torch.autograd.Function):
     def backward(ctx, grad):
         x, *scalars, weight = ctx.saved_tensors
         gx, gs, gw, gb = RUN[choose(x)][1](CODE[ctx.form], grad, x, scalars, weight)
-        return (None, gx, *(g.to(s.dtype) for g, s in zip(gs, scalars)), gw.to(weight.dtype),
-                None if ctx.bias_dtype is None else gb.to(ctx.bias_dtype))
+        gb = None if ctx.bias_dtype is None else cast(gb, ctx.bias_dtype)
+        return (None, gx, *(cast(g, s.dtype) for g, s in zip(gs, scalars)),
+                cast(gw, weight.dtype), gb)
 
 
 # -- the reference norms -------------------------------------------------------------------

@@ -12,8 +12,8 @@ as every backend (numeric/backends.py). An eager call launches the kernels direc
 being traced (torch.compile, torch.export, make_fx) goes through the form's two custom ops,
 which the graph shows as one node each, shapes from their fake kernels:
 ``dynorm::dyt_forward(x, alpha, weight, bias?) -> y`` and ``dynorm::dyt_backward(grad, x,
-alpha, weight) -> (grad_x, grad_alpha, grad_weight, grad_bias)``, and so on per form; grad_x
-in x's dtype, the parameters' gradients in float64.
+alpha, weight) -> (grad_x, grad_alpha, grad_weight, grad_bias)``, and so on per form; each
+gradient in its input's dtype (grad_bias in the weight's), the parameters' summed in float64.
 
 The kernels (numeric/generated/kernels.py) load each tensor in its own dtype, compute in
 float32, clamp x to float32's finite range and store in the output's dtype. The forward is
@@ -128,7 +128,9 @@ def forward(code, x, scalars, weight, bias, *, op: bool = True):
 
 def backward(code, grad, x, scalars, weight, *, op: bool = True):
     """(grad_x, [grad of each scalar], grad_weight, grad_bias) by the form's two stages:
-    grad_x in x's dtype, the sums in float64 (written whole by the second stage: no fill)."""
+    grad_x in x's dtype, the parameters' gradients summed in float64 and stored in their
+    dtypes (grad_bias in the weight's), written whole by the second stage (no fill, no cast
+    after it)."""
     if op and _traced(x):
         gx, *gs, gw, gb = OPS[code.name].backward_op(grad, x, *scalars, weight)
         return gx, gs, gw, gb
@@ -137,8 +139,9 @@ def backward(code, grad, x, scalars, weight, *, op: bool = True):
     N = x.numel() // C if C else 0
     grad_x = torch.empty_like(x)
     new = torch.empty if N and C else torch.zeros
-    f64 = dict(dtype=torch.float64, device=x.device)
-    sums = [new((), **f64) for _ in scalars] + [new((C,), **f64) for _ in range(2)]
+    at = dict(device=x.device)
+    sums = ([new((), dtype=s.dtype, **at) for s in scalars]
+            + [new((C,), dtype=weight.dtype, **at) for _ in range(2)])
     if N and C:
         g = backward_grid(N, C)
         P, B = g["programs"], g["channel_blocks"]
@@ -167,7 +170,6 @@ class FormOps:
         ts = "".join(f"Tensor {s}, " for s in scalars)
         outs = ", ".join(["Tensor grad_x", *(f"Tensor grad_{s}" for s in scalars),
                           "Tensor grad_weight", "Tensor grad_bias"])
-        n = len(scalars)
 
         def forward_op(x, *args):
             *ss, weight, bias = args
@@ -182,10 +184,11 @@ class FormOps:
             return torch.empty_like(x, memory_format=torch.contiguous_format)
 
         def backward_fake(grad, x, *args):
-            C, f64 = x.shape[-1], torch.float64
+            *ss, weight = args
+            C = x.shape[-1]
             return (torch.empty_like(x, memory_format=torch.contiguous_format),
-                    *(x.new_empty((), dtype=f64) for _ in range(n)),
-                    x.new_empty((C,), dtype=f64), x.new_empty((C,), dtype=f64))
+                    *(x.new_empty((), dtype=s.dtype) for s in ss),
+                    x.new_empty((C,), dtype=weight.dtype), x.new_empty((C,), dtype=weight.dtype))
 
         self.forward_op = torch.library.custom_op(
             f"dynorm::{form}_forward", forward_op, mutates_args=(),

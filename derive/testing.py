@@ -5,13 +5,18 @@
 
 An implementation ``fn(x, weight, bias, **scalars)`` of y = weight * f(x; scalars) + bias
 over the last dimension is checked against a layer form of the catalog (by name, e.g.
-"dyt") or a formula f of x (a SymPy expression, or text read by ``derive.formula``):
-hypothesis draws shapes, inputs up to each dtype's finite maximum, weights, biases and
-scalars; the output and the derivatives up to ``order`` are compared, element by element,
-with the formula and its SymPy derivatives evaluated by mpmath (50 digits, more where the
-formula cancels) at the inputs exactly as cast, through the one tolerance table
-(``TOLERANCES``). A mismatch raises an AssertionError (``Mismatch``) naming the worst
-element, its input and its reference.
+"dyt") or a formula f of x (a SymPy expression, or text read by ``derive.formula``). The
+input of f is one number, so first every finite bfloat16 and float16 value, and every
+binade of float32 and float64, goes through fn at a few settings of the scalars (the
+sweeps: ``sweep_values``, ``sweep_scalars``), against tables of f and its derivatives that
+mpmath computes once and ``derive.cache`` keeps; then hypothesis draws shapes, inputs up to
+each dtype's finite maximum, weights, biases and scalars, evaluated by mpmath element by
+element (50 digits, more where the formula cancels). Outputs and derivatives up to
+``order`` are compared at the inputs exactly as cast, under one of two standards
+(``STANDARDS``: "ulp", the one tolerance table ``TOLERANCES``; "torch",
+torch.testing.assert_close's defaults). A mismatch raises an AssertionError (``Mismatch``)
+naming the standard, the worst element, its input, the exact value and the error in ulps.
+Every seed is fixed: the same call gives the same verdict on every run and machine.
 
 This is the one module of ``derive`` that imports torch (and hypothesis, of the ``test``
 extra); ``import derive`` never loads it. The project's own property tests use it too.

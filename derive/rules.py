@@ -205,7 +205,7 @@ class Site:
 
 
 def _site(base: sp.Expr, var: sp.Symbol) -> Site | None:
-    """base as a + z^2 (a Site), or None."""
+    """base as b (a + z^2), z = var - c (a Site), or None."""
     if not (base.is_Add and base.has(var)):
         return None
     try:
@@ -227,8 +227,8 @@ def _site(base: sp.Expr, var: sp.Symbol) -> Site | None:
 
 
 def isru_sites(expr: sp.Expr, var: sp.Symbol) -> tuple[Site, ...]:
-    """Every distinct base a + z^2 that expr raises to a power other than a positive integer
-    (where a literal square overflows or a derivative cancels), in a fixed order."""
+    """Every distinct base b (a + z^2) that expr raises to a power other than a positive
+    integer (where a literal square overflows or a derivative cancels), in a fixed order."""
     found = {}
     for e in sp.preorder_traversal(expr):
         if e.is_Pow and not (e.exp.is_Integer and e.exp > 0) and e.exp.is_Rational:
@@ -666,7 +666,7 @@ def safety_rewrite(expr: sp.Expr, var: sp.Symbol, where: str,
             part = apply_isru_hypot_at(sp.Add(*ts), var, s, site_names(sites.index(s) + 1))
             terms.append(part.expr)
             defs.update(part.defs)
-    out = Rewritten(sp.Add(*terms), {k: v for k, v in defs.items()})
+    out = Rewritten(sp.Add(*terms), defs)
     check(Step(f"{where}:isru_hypot", out.expr, RULES["isru_hypot"].fixes,
                (application_obligation("isru_hypot", r.expr, out),)))
     return out

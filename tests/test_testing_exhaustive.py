@@ -48,11 +48,6 @@ class _Tanh(torch.autograd.Function):
         return g / torch.cosh(u) ** 2
 
 
-def rounded(fn):
-    """fn computed in float64, returned in x's dtype (the exact value, rounded once)."""
-    return lambda x, weight, bias, **s: fn(x, weight, bias, **s).to(x.dtype)
-
-
 def off_where(mask, factor=1.01):
     """DyT, right except where mask(x) holds: there factor times too large."""
     def fn(x, weight, bias, alpha):

@@ -213,7 +213,7 @@ def sums_source(kernel: Kernel) -> str:
         *(f"            {n} += tl.load(partials_ptr + {_at(k, 'programs * C')}row, mask=mask, "
           "other=0.0).to(tl.float64)" for k, n in enumerate(per_channel)),
         "            row += C",
-        *(f"        tl.store({n}_ptr + channels, {n}.to({n}_ptr.dtype.element_ty), mask=mask)"
+        *(f"        tl.store({n}_ptr + channels, _rounded({n}, {n}_ptr), mask=mask)"
           for n in per_channel),
         "    else:",
         "        cells = programs * channel_blocks",
@@ -222,7 +222,7 @@ def sums_source(kernel: Kernel) -> str:
         "            at = start + tl.arange(0, BLOCK)",
         *(f"            {n} += tl.load(scalar_partials_ptr + {_at(k, 'cells')}at, "
           "mask=at < cells, other=0.0).to(tl.float64)" for k, n in enumerate(per_scalar)),
-        *(f"        tl.store({n}_ptr, tl.sum({n}, axis=0).to({n}_ptr.dtype.element_ty))"
+        *(f"        tl.store({n}_ptr, _rounded(tl.sum({n}, axis=0), {n}_ptr))"
           for n in per_scalar),
     ]
     doc = (f'    """{kernel.name}: stage two of the backward, one launch. Grid: (channel_blocks '
@@ -232,6 +232,18 @@ def sums_source(kernel: Kernel) -> str:
            '    """\n')
     return (f"@triton.jit\ndef {kernel.name}_sums_kernel({args}):\n{doc}"
             + "\n".join(lines) + "\n")
+
+
+#: A float64 sum in the dtype of the tensor it is stored to: through float32 where that is
+#: narrower (as torch rounds float64 to bfloat16 or float16; the interpreter's direct
+#: conversion from float64 to bfloat16 gives garbage).
+ROUNDED = (
+    "@triton.jit\n"
+    "def _rounded(v, ptr):\n"
+    '    """v (float64) in the element type of ptr, through float32 unless that is float64."""\n'
+    "    if ptr.dtype.element_ty == tl.float64:\n"
+    "        return v\n"
+    "    return v.to(tl.float32).to(ptr.dtype.element_ty)\n")
 
 
 def kernels_module() -> str:
@@ -255,7 +267,8 @@ def kernels_module() -> str:
             "from typing import NamedTuple\n\nimport triton\nimport triton.language as tl\n\n"
             f"__all__ = [{all_names}]\n\n"
             "#: x is clamped to float32's finite range: +-inf saturates with zero gradient.\n"
-            f"FLOAT32_MAX = tl.constexpr({float.fromhex('0x1.fffffep+127')!r})\n\n\n{body}"
+            f"FLOAT32_MAX = tl.constexpr({float.fromhex('0x1.fffffep+127')!r})\n\n\n"
+            f"{ROUNDED}\n\n{body}"
             "\n\nclass FormKernels(NamedTuple):\n    forward: object\n    backward: object\n"
             "    sums: object\n\n\n#: form -> its kernels.\n"
             f"KERNELS = {{\n{table}\n}}\n")

@@ -20,6 +20,14 @@ FLOAT32_MAX = tl.constexpr(3.4028234663852886e+38)
 
 
 @triton.jit
+def _rounded(v, ptr):
+    """v (float64) in the element type of ptr, through float32 unless that is float64."""
+    if ptr.dtype.element_ty == tl.float64:
+        return v
+    return v.to(tl.float32).to(ptr.dtype.element_ty)
+
+
+@triton.jit
 def dyt_forward_kernel(x_ptr, alpha_ptr, weight_ptr, bias_ptr, y_ptr, N, C, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """dyt: y[n, c] = bias + weight*tanh(alpha*x)
 
@@ -120,15 +128,15 @@ def dyt_sums_kernel(partials_ptr, scalar_partials_ptr, grad_alpha_ptr, grad_weig
             grad_weight += tl.load(partials_ptr + row, mask=mask, other=0.0).to(tl.float64)
             grad_bias += tl.load(partials_ptr + programs * C + row, mask=mask, other=0.0).to(tl.float64)
             row += C
-        tl.store(grad_weight_ptr + channels, grad_weight.to(grad_weight_ptr.dtype.element_ty), mask=mask)
-        tl.store(grad_bias_ptr + channels, grad_bias.to(grad_bias_ptr.dtype.element_ty), mask=mask)
+        tl.store(grad_weight_ptr + channels, _rounded(grad_weight, grad_weight_ptr), mask=mask)
+        tl.store(grad_bias_ptr + channels, _rounded(grad_bias, grad_bias_ptr), mask=mask)
     else:
         cells = programs * channel_blocks
         grad_alpha = tl.zeros((BLOCK,), dtype=tl.float64)
         for start in tl.range(0, cells, BLOCK):
             at = start + tl.arange(0, BLOCK)
             grad_alpha += tl.load(scalar_partials_ptr + at, mask=at < cells, other=0.0).to(tl.float64)
-        tl.store(grad_alpha_ptr, tl.sum(grad_alpha, axis=0).to(grad_alpha_ptr.dtype.element_ty))
+        tl.store(grad_alpha_ptr, _rounded(tl.sum(grad_alpha, axis=0), grad_alpha_ptr))
 
 
 @triton.jit
@@ -239,15 +247,15 @@ def dyisru_sums_kernel(partials_ptr, scalar_partials_ptr, grad_beta_ptr, grad_we
             grad_weight += tl.load(partials_ptr + row, mask=mask, other=0.0).to(tl.float64)
             grad_bias += tl.load(partials_ptr + programs * C + row, mask=mask, other=0.0).to(tl.float64)
             row += C
-        tl.store(grad_weight_ptr + channels, grad_weight.to(grad_weight_ptr.dtype.element_ty), mask=mask)
-        tl.store(grad_bias_ptr + channels, grad_bias.to(grad_bias_ptr.dtype.element_ty), mask=mask)
+        tl.store(grad_weight_ptr + channels, _rounded(grad_weight, grad_weight_ptr), mask=mask)
+        tl.store(grad_bias_ptr + channels, _rounded(grad_bias, grad_bias_ptr), mask=mask)
     else:
         cells = programs * channel_blocks
         grad_beta = tl.zeros((BLOCK,), dtype=tl.float64)
         for start in tl.range(0, cells, BLOCK):
             at = start + tl.arange(0, BLOCK)
             grad_beta += tl.load(scalar_partials_ptr + at, mask=at < cells, other=0.0).to(tl.float64)
-        tl.store(grad_beta_ptr, tl.sum(grad_beta, axis=0).to(grad_beta_ptr.dtype.element_ty))
+        tl.store(grad_beta_ptr, _rounded(tl.sum(grad_beta, axis=0), grad_beta_ptr))
 
 
 @triton.jit
@@ -361,8 +369,8 @@ def dyt_ln_sums_kernel(partials_ptr, scalar_partials_ptr, grad_alpha_ptr, grad_s
             grad_weight += tl.load(partials_ptr + row, mask=mask, other=0.0).to(tl.float64)
             grad_bias += tl.load(partials_ptr + programs * C + row, mask=mask, other=0.0).to(tl.float64)
             row += C
-        tl.store(grad_weight_ptr + channels, grad_weight.to(grad_weight_ptr.dtype.element_ty), mask=mask)
-        tl.store(grad_bias_ptr + channels, grad_bias.to(grad_bias_ptr.dtype.element_ty), mask=mask)
+        tl.store(grad_weight_ptr + channels, _rounded(grad_weight, grad_weight_ptr), mask=mask)
+        tl.store(grad_bias_ptr + channels, _rounded(grad_bias, grad_bias_ptr), mask=mask)
     else:
         cells = programs * channel_blocks
         grad_alpha = tl.zeros((BLOCK,), dtype=tl.float64)
@@ -371,8 +379,8 @@ def dyt_ln_sums_kernel(partials_ptr, scalar_partials_ptr, grad_alpha_ptr, grad_s
             at = start + tl.arange(0, BLOCK)
             grad_alpha += tl.load(scalar_partials_ptr + at, mask=at < cells, other=0.0).to(tl.float64)
             grad_shift += tl.load(scalar_partials_ptr + cells + at, mask=at < cells, other=0.0).to(tl.float64)
-        tl.store(grad_alpha_ptr, tl.sum(grad_alpha, axis=0).to(grad_alpha_ptr.dtype.element_ty))
-        tl.store(grad_shift_ptr, tl.sum(grad_shift, axis=0).to(grad_shift_ptr.dtype.element_ty))
+        tl.store(grad_alpha_ptr, _rounded(tl.sum(grad_alpha, axis=0), grad_alpha_ptr))
+        tl.store(grad_shift_ptr, _rounded(tl.sum(grad_shift, axis=0), grad_shift_ptr))
 
 
 @triton.jit
@@ -493,8 +501,8 @@ def dyisru_ln_sums_kernel(partials_ptr, scalar_partials_ptr, grad_beta_ptr, grad
             grad_weight += tl.load(partials_ptr + row, mask=mask, other=0.0).to(tl.float64)
             grad_bias += tl.load(partials_ptr + programs * C + row, mask=mask, other=0.0).to(tl.float64)
             row += C
-        tl.store(grad_weight_ptr + channels, grad_weight.to(grad_weight_ptr.dtype.element_ty), mask=mask)
-        tl.store(grad_bias_ptr + channels, grad_bias.to(grad_bias_ptr.dtype.element_ty), mask=mask)
+        tl.store(grad_weight_ptr + channels, _rounded(grad_weight, grad_weight_ptr), mask=mask)
+        tl.store(grad_bias_ptr + channels, _rounded(grad_bias, grad_bias_ptr), mask=mask)
     else:
         cells = programs * channel_blocks
         grad_beta = tl.zeros((BLOCK,), dtype=tl.float64)
@@ -503,8 +511,8 @@ def dyisru_ln_sums_kernel(partials_ptr, scalar_partials_ptr, grad_beta_ptr, grad
             at = start + tl.arange(0, BLOCK)
             grad_beta += tl.load(scalar_partials_ptr + at, mask=at < cells, other=0.0).to(tl.float64)
             grad_shift += tl.load(scalar_partials_ptr + cells + at, mask=at < cells, other=0.0).to(tl.float64)
-        tl.store(grad_beta_ptr, tl.sum(grad_beta, axis=0).to(grad_beta_ptr.dtype.element_ty))
-        tl.store(grad_shift_ptr, tl.sum(grad_shift, axis=0).to(grad_shift_ptr.dtype.element_ty))
+        tl.store(grad_beta_ptr, _rounded(tl.sum(grad_beta, axis=0), grad_beta_ptr))
+        tl.store(grad_shift_ptr, _rounded(tl.sum(grad_shift, axis=0), grad_shift_ptr))
 
 
 @triton.jit
@@ -607,8 +615,8 @@ def derf_sums_kernel(partials_ptr, scalar_partials_ptr, grad_alpha_ptr, grad_shi
             grad_weight += tl.load(partials_ptr + row, mask=mask, other=0.0).to(tl.float64)
             grad_bias += tl.load(partials_ptr + programs * C + row, mask=mask, other=0.0).to(tl.float64)
             row += C
-        tl.store(grad_weight_ptr + channels, grad_weight.to(grad_weight_ptr.dtype.element_ty), mask=mask)
-        tl.store(grad_bias_ptr + channels, grad_bias.to(grad_bias_ptr.dtype.element_ty), mask=mask)
+        tl.store(grad_weight_ptr + channels, _rounded(grad_weight, grad_weight_ptr), mask=mask)
+        tl.store(grad_bias_ptr + channels, _rounded(grad_bias, grad_bias_ptr), mask=mask)
     else:
         cells = programs * channel_blocks
         grad_alpha = tl.zeros((BLOCK,), dtype=tl.float64)
@@ -617,8 +625,8 @@ def derf_sums_kernel(partials_ptr, scalar_partials_ptr, grad_alpha_ptr, grad_shi
             at = start + tl.arange(0, BLOCK)
             grad_alpha += tl.load(scalar_partials_ptr + at, mask=at < cells, other=0.0).to(tl.float64)
             grad_shift += tl.load(scalar_partials_ptr + cells + at, mask=at < cells, other=0.0).to(tl.float64)
-        tl.store(grad_alpha_ptr, tl.sum(grad_alpha, axis=0).to(grad_alpha_ptr.dtype.element_ty))
-        tl.store(grad_shift_ptr, tl.sum(grad_shift, axis=0).to(grad_shift_ptr.dtype.element_ty))
+        tl.store(grad_alpha_ptr, _rounded(tl.sum(grad_alpha, axis=0), grad_alpha_ptr))
+        tl.store(grad_shift_ptr, _rounded(tl.sum(grad_shift, axis=0), grad_shift_ptr))
 
 
 class FormKernels(NamedTuple):

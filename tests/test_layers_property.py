@@ -40,9 +40,20 @@ def fused():
 @pytest.mark.parametrize("dtype,pdtype", S.DTYPE_PAIRS, ids=S.ids)
 @pytest.mark.parametrize("name", S.FORMS)
 def test_outputs_and_gradients_match_the_catalog(name, dtype, pdtype, device):
+    """Hypothesis's draws (the sweeps over every value are the next test's, in float32)."""
     with checks.backend("torch"):
         assert_matches(checks.keywords(name), name, dtypes=[(dtype, pdtype)], device=device,
-                       examples=settings().max_examples, bias_none=True)
+                       examples=settings().max_examples, bias_none=True, sweep=0)
+
+
+@pytest.mark.parametrize("device", S.DEVICES)
+@pytest.mark.parametrize("name", S.FORMS)
+def test_every_binade_of_float32_matches_the_catalog(name, device):
+    """derive.testing's sweep: every binade of float32 (both signs, the subnormals, the
+    largest values) at one setting of the scalars, outputs and first derivatives."""
+    with checks.backend("torch"):
+        assert_matches(checks.keywords(name), name, dtypes=[(torch.float32, torch.float32)],
+                       device=device, examples=1, bias_none=True, sweep=1)
 
 
 @pytest.mark.filterwarnings("error:dynorm")

@@ -162,6 +162,18 @@ def cmd_generate_form(args) -> int:
                          "for SymPy") from None
     for note in out.notes:
         print(f"{PROG}: warning: {note}", file=sys.stderr)
+    if args.sweeps < 0 or args.examples < 1:
+        raise UsageError("--sweeps takes a count >= 0 and --examples one >= 1")
+    rows, seconds = _verified(name, formula, out.source, args)
+    failed = [r for r in rows if r["failed"]]
+    say = sys.stdout if args.out != "-" else sys.stderr
+    print(_verification(name, rows, seconds, args), file=say)
+    if failed and not args.allow_inexact:
+        print(f"{PROG}: error: {name} is not within the {args.tolerance!r} standard in "
+              f"{', '.join(dict.fromkeys(_dt(r['dtype']) for r in failed))}: "
+              f"{failed[0]['failed']}; nothing written (--allow-inexact writes it anyway)",
+              file=sys.stderr)
+        return 1
     if args.out == "-":
         sys.stdout.write(out.source)
         return 0
@@ -171,6 +183,59 @@ def cmd_generate_form(args) -> int:
         raise OSError(e.errno, e.strerror, args.out) from None
     print(f"wrote {args.out}: {out.signature} and {formgen.camel(name)}")
     return 0
+
+
+def _dt(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _verified(name: str, formula: str, source: str, args) -> tuple[list[dict], float]:
+    """derive.testing's report of the module ``source`` against ``formula``: every order it
+    implements (2), every float dtype, the sweeps over every value and hypothesis's draws."""
+    import importlib.util
+    import tempfile
+    import time
+    import warnings
+
+    from . import testing
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.py"
+        path.write_text(source, encoding="utf-8")
+        spec = importlib.util.spec_from_file_location(f"_dynorm_generated_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    t0 = time.monotonic()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", testing.Unchecked)
+        rows = testing.report(getattr(module, name), formula, order=2, sweep=args.sweeps,
+                              examples=args.examples, tolerance=args.tolerance)
+    for w in caught:
+        if issubclass(w.category, testing.Unchecked):
+            print(f"{PROG}: warning: {w.message}", file=sys.stderr)
+    return rows, time.monotonic() - t0
+
+
+def _verification(name: str, rows: list[dict], seconds: float, args) -> str:
+    """The verification's table: per dtype and order the worst error in ulps of the exact
+    value (and as a fraction of the standard's allowed error)."""
+    what = ("every bfloat16 and float16 value and every binade of float32 and float64 at "
+            f"{args.sweeps} setting(s) of the scalars, and " if args.sweeps else "")
+    head = (f"verified {name} against its formula in {seconds:.0f} s ({what}{args.examples} "
+            f"hypothesis draws per dtype), standard {args.tolerance!r}: worst error in ulps "
+            "(fraction of the allowed)")
+    cols = {0: "output", 1: "first derivatives", 2: "second derivatives"}
+    lines = [head, f"  {'dtype':9s}" + "".join(f"{c:>22s}" for c in cols.values())]
+    for dtype in dict.fromkeys(r["dtype"] for r in rows):
+        cells = {r["order"]: r for r in rows if r["dtype"] == dtype and r["order"] is not None}
+        line = f"  {_dt(dtype):9s}"
+        for k in cols:
+            r = cells.get(k)
+            cell = ("-" if r is None else
+                    f"{r['ulps']:.3g} ({r['over_allowed']:.2g})" + (" FAIL" if r["failed"] else ""))
+            line += f"{cell:>22s}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def cmd_generate(args) -> int:
@@ -229,6 +294,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", metavar="FILE", help="--form's output file, or - for stdout")
     s.add_argument("--init", action="append", metavar="SYM=VALUE",
                    help="--form: a scalar's initial value in the module (default 1.0)")
+    s.add_argument("--sweeps", type=int, default=1, metavar="K",
+                   help="--form's verification: settings of the scalars at which every "
+                   "bfloat16 and float16 value and every binade of float32 and float64 is "
+                   "checked (default 1; 0: hypothesis's draws only)")
+    s.add_argument("--examples", type=int, default=20, metavar="N",
+                   help="--form's verification: hypothesis draws per dtype (default 20)")
+    s.add_argument("--tolerance", choices=("ulp", "torch"), default="ulp",
+                   help="--form's verification standard (derive.testing; default ulp)")
+    s.add_argument("--allow-inexact", action="store_true",
+                   help="--form: write the module even where it is not within the standard")
     s.set_defaults(run=cmd_generate)
     return p
 

@@ -30,6 +30,7 @@ import os
 import random
 import warnings
 from array import array
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 
@@ -50,6 +51,7 @@ from .symbols import x
 
 __all__ = ["assert_matches", "assert_close", "Mismatch", "Unchecked", "Tol", "TOLERANCES",
            "TORCH_TOLERANCES", "STANDARDS", "DTYPES", "evaluate", "spec", "sweep_values",
+           "recording", "report",
            "exhaustive_reference"]
 
 # -- the one table of tolerances, and the one comparison ------------------------------------
@@ -140,6 +142,33 @@ class Mismatch(AssertionError):
     """A comparison failed; the message names the worst element, its input and reference."""
 
 
+#: While ``recording()`` is active, each comparison's worst element (else None).
+_RECORD: list | None = None
+
+
+@contextmanager
+def recording():
+    """Within it every comparison (``assert_close``) appends its worst element, against
+    the allowed error, to the list it yields: what was compared, the dtype, the error in
+    ulps and as a fraction of the allowed, the input there (what ``report`` summarizes)."""
+    global _RECORD
+    saved, _RECORD = _RECORD, []
+    try:
+        yield _RECORD
+    finally:
+        _RECORD = saved
+
+
+def _record(what: str, dtype, got64, ref64, ratio, inputs, standard: str) -> None:
+    i = int(ratio.flatten().argmax())
+    g, r = got64.flatten()[i], ref64.flatten()[i]
+    _RECORD.append({"what": what, "dtype": dtype, "standard": standard,
+                    "over_allowed": float(ratio.flatten()[i]),
+                    "ulps": float(ulps((g - r).abs(), r, dtype)), "got": g.item(),
+                    "exact": r.item(),
+                    "at": {k: _at(v, i, ref64.numel()) for k, v in (inputs or {}).items()}})
+
+
 def _at(v, i: int, n: int):
     """An input at the worst element i of n: its own element, its one value, or all of it
     (the worst element of a reduced gradient is a sum over every input)."""
@@ -184,6 +213,8 @@ def assert_close(got: torch.Tensor, ref: torch.Tensor, *, scale=None, dtype=None
                         (err / allowed).nan_to_num(float("inf")))
     if ERROR_LOG:
         _log(got, dtype, what, ratio, err, not bad.any())
+    if _RECORD is not None and ratio.numel():
+        _record(what, dtype, got64, ref64, ratio, inputs, t.standard)
     if bad.any():
         excess = torch.where(bad, ratio, torch.zeros_like(err))
         i = int(excess.flatten().argmax())
@@ -1025,3 +1056,40 @@ def assert_matches(fn, form, *, dtypes=DTYPES, device="cpu", examples: int = 200
                 check(fn, s, *case, standard=tolerance)
 
         run()
+
+
+def _order(what: str) -> int:
+    """The derivative order a comparison's ``what`` belongs to (see check_first and
+    check_second): the output 0, a gradient 1, a second derivative or the double backward's
+    forward-mode product 2."""
+    if what.endswith(" y"):
+        return 0
+    return 2 if ("second derivative" in what or "forward-mode" in what) else 1
+
+
+def report(fn, form, *, dtypes=DTYPES, order: int = 1, **kwargs) -> list[dict]:
+    """``assert_matches`` run dtype by dtype, recording every comparison: per (dtype,
+    order), the worst error in ulps (at the element worst against the allowed error), as a
+    fraction of the allowed, and where; a dtype whose check failed carries the Mismatch's
+    message (``failed``) and the orders it did not reach are absent. Takes
+    ``assert_matches``'s arguments and raises what it raises, but a Mismatch."""
+    rows = []
+    for pair in _pairs(dtypes):
+        with recording() as seen:
+            try:
+                assert_matches(fn, form, dtypes=[pair], order=order, **kwargs)
+                failed = None
+            except Mismatch as e:
+                failed = str(e)
+        worst: dict[int, dict] = {}
+        for r in seen:
+            k = _order(r["what"])
+            if k not in worst or r["over_allowed"] > worst[k]["over_allowed"]:
+                worst[k] = r
+        for k in sorted(worst):
+            rows.append({"dtype": pair[0], "pdtype": pair[1], "order": k, **worst[k],
+                         "failed": failed if worst[k]["over_allowed"] > 1 else None})
+        if failed and not any(r["failed"] for r in rows if r["dtype"] == pair[0]):
+            rows.append({"dtype": pair[0], "pdtype": pair[1], "order": None, "what": "",
+                         "failed": failed})
+    return rows

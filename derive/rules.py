@@ -1,8 +1,10 @@
 """The rules: named rewrites, each with an obligation SymPy proves, in named rule sets.
 
 ``RULES`` holds every rule; the sets say which apply where (as sympy.codegen.rewriting's
-``optims_c99``): ``SAFETY_RULES`` on every path (chosen per form), then ``TORCH_RULES`` op by
-op, ``KERNEL_RULES`` in the Triton kernels, ``FUSED_RULES`` in the fused CPU variants. Each
+``optims_c99``): the safety rules (sech2, isru_hypot) on every path, each form's own chosen
+by the form (derive.layers), a user's wherever their pattern occurs; then ``TORCH_RULES`` op
+by op, ``KERNEL_RULES`` in the Triton kernels, ``FUSED_RULES`` in the fused CPU variants
+(these, template rules, are applied by ``template_rewrite``). Each
 rule is proven once (``proven``), and every application is checked too.
 
 A rule maps an expression to an equal one that stays accurate in floating point where the
@@ -102,8 +104,10 @@ class Rewritten:
 class Rule:
     name: str
     fixes: str
-    apply: Callable[..., Rewritten]
     proof: Callable[[], list[Obligation]]
+    #: A safety rule's rewrite of a form's expression; None for a template rule, which
+    #: ``template_rewrite`` applies (``TEMPLATES[name]``).
+    apply: Callable[..., Rewritten] | None = None
 
 
 # -- sech2 --------------------------------------------------------------------------------
@@ -568,21 +572,6 @@ def _proof_erf_taylor():
     ]
 
 
-def apply_tanh_exp(expr: sp.Expr) -> Rewritten:
-    return TEMPLATES["tanh_exp"].apply(expr)
-
-
-def apply_sech2_exp(expr: sp.Expr) -> Rewritten:
-    return TEMPLATES["sech2_exp"].apply(expr)
-
-
-def apply_hypot_minmax(expr: sp.Expr) -> Rewritten:
-    return TEMPLATES["hypot_minmax"].apply(expr)
-
-
-#: The numerical-safety rules: rewritten where a form's derivatives need them (the form says
-#: which, derive.layers), on every path.
-SAFETY_RULES = ("sech2", "isru_hypot")
 #: The rules a Triton kernel needs on top of the safety rules, in the order applied.
 KERNEL_RULES = ("tanh_exp", "sech2_exp", "hypot_minmax")
 #: The fused variants' rules: the kernels' (hypot by scaling, not by division), and erf near 0
@@ -598,27 +587,25 @@ FUSED_WIDE_RULES = ("tanh_exp", "sech2_exp", "hypot_wide", "erf_taylor")
 TORCH_RULES: tuple[str, ...] = ()
 
 RULES: dict[str, Rule] = {
-    "sech2": Rule("sech2", "1 - tanh(u)^2 cancels to 0 in float32 for |u| > 9",
-                  apply_sech2, _proof_sech2),
+    "sech2": Rule("sech2", "1 - tanh(u)^2 cancels to 0 in float32 for |u| > 9", _proof_sech2,
+                  apply_sech2),
     "isru_hypot": Rule("isru_hypot", "z^2 overflows for |z| > 1.8e19 in float32",
-                       apply_isru_hypot, _proof_isru_hypot),
+                       _proof_isru_hypot, apply_isru_hypot),
     "tanh_exp": Rule("tanh_exp", "tanh is libdevice (not in the interpreter); 1 - exp(-2|u|) "
                      "cancels for small |u| (up to 1.5e-4 relative at u = 1e-4 in float32)",
-                     apply_tanh_exp, _proof_tanh_exp),
+                     _proof_tanh_exp),
     "sech2_exp": Rule("sech2_exp", "cosh is libdevice; cosh(u)^2 overflows for |u| > 45 "
-                      "in float32", apply_sech2_exp, _proof_sech2_exp),
+                      "in float32", _proof_sech2_exp),
     "hypot_minmax": Rule("hypot_minmax", "hypot is libdevice; sqrt(a^2 + b^2) overflows "
-                         "for |a| > 1.8e19 in float32", apply_hypot_minmax, _proof_hypot_minmax),
+                         "for |a| > 1.8e19 in float32", _proof_hypot_minmax),
     "hypot_scaled": Rule("hypot_scaled", "three divisions in hypot_minmax's q and p cost a CPU "
                          "as much as the rest; sqrt(a^2 + b^2) overflows for |a| > 1.8e19",
-                         lambda expr: TEMPLATES["hypot_scaled"].apply(expr),
                          _proof_hypot_scaled),
     "hypot_wide": Rule("hypot_wide", "hypot_scaled's powers of two are not needed in float64 "
                        "for float32 values, whose squares cannot overflow there",
-                       lambda expr: TEMPLATES["hypot_wide"].apply(expr), _proof_hypot_wide),
+                       _proof_hypot_wide),
     "erf_taylor": Rule("erf_taylor", "inductor's vectorised CPU erf is off by about 2e-7 "
-                       "absolute near 0 (14% relative at u = 1.3e-6)",
-                       lambda expr: TEMPLATES["erf_taylor"].apply(expr), _proof_erf_taylor),
+                       "absolute near 0 (14% relative at u = 1.3e-6)", _proof_erf_taylor),
 }
 
 

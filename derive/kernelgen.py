@@ -196,42 +196,50 @@ def backward_source(kernel: Kernel) -> str:
             + "\n".join(head + body + loop_tail + tail) + "\n")
 
 
-def sums_source(kernel: Kernel) -> str:
-    """Stage two of the backward: the partials summed in float64 into the gradients."""
-    per_scalar, per_channel = reduced(kernel)
-    args = ", ".join(["partials_ptr", "scalar_partials_ptr",
-                      *(f"{n}_ptr" for n in per_scalar + per_channel), "programs", "C",
-                      "channel_blocks", "BLOCK_C: tl.constexpr", "BLOCK: tl.constexpr"])
-    lines = [
-        "    block = tl.program_id(0)",
-        "    if block < channel_blocks:",
-        "        channels = block * BLOCK_C + tl.arange(0, BLOCK_C)",
-        "        mask = channels < C",
-        *(f"        {n} = tl.zeros((BLOCK_C,), dtype=tl.float64)" for n in per_channel),
-        "        row = channels.to(tl.int64)",
-        "        for program in tl.range(0, programs):",
-        *(f"            {n} += tl.load(partials_ptr + {_at(k, 'programs * C')}row, mask=mask, "
-          "other=0.0).to(tl.float64)" for k, n in enumerate(per_channel)),
-        "            row += C",
-        *(f"        tl.store({n}_ptr + channels, _rounded({n}, {n}_ptr), mask=mask)"
-          for n in per_channel),
-        "    else:",
-        "        cells = programs * channel_blocks",
-        *(f"        {n} = tl.zeros((BLOCK,), dtype=tl.float64)" for n in per_scalar),
-        "        for start in tl.range(0, cells, BLOCK):",
-        "            at = start + tl.arange(0, BLOCK)",
-        *(f"            {n} += tl.load(scalar_partials_ptr + {_at(k, 'cells')}at, "
-          "mask=at < cells, other=0.0).to(tl.float64)" for k, n in enumerate(per_scalar)),
-        *(f"        tl.store({n}_ptr, _rounded(tl.sum({n}, axis=0), {n}_ptr))"
-          for n in per_scalar),
-    ]
-    doc = (f'    """{kernel.name}: stage two of the backward, one launch. Grid: (channel_blocks '
-           "+ 1,); program b < channel_blocks sums\n    partials[k, :, its channels] over "
-           "the row programs into the per-channel gradients, the last\n    program each "
-           "scalar's scalar_partials[k] into its 0-dim gradient; float64, a fixed order.\n"
-           '    """\n')
-    return (f"@triton.jit\ndef {kernel.name}_sums_kernel({args}):\n{doc}"
-            + "\n".join(lines) + "\n")
+def _scalar_sum(k: int) -> list[str]:
+    at = "" if k == 0 else "cells + "
+    return [f"    if N_SCALARS > {k}:",
+            "        total = tl.zeros((BLOCK,), dtype=tl.float64)",
+            "        for start in tl.range(0, cells, BLOCK):",
+            "            at = start + tl.arange(0, BLOCK)",
+            f"            total += tl.load(scalar_partials_ptr + {at}at, mask=at < cells, "
+            "other=0.0).to(tl.float64)",
+            f"        tl.store(grad_scalar{k}_ptr, _rounded(tl.sum(total, axis=0), "
+            f"grad_scalar{k}_ptr))"]
+
+
+#: Stage two of every form's backward (one kernel: the forms differ only in how many
+#: scalars they have, N_SCALARS, at most MAX_SCALARS; an unused pointer is never touched).
+MAX_SCALARS = 2
+SUMS = "\n".join([
+    "@triton.jit",
+    "def sums_kernel(partials_ptr, scalar_partials_ptr, grad_scalar0_ptr, grad_scalar1_ptr, "
+    "grad_weight_ptr, grad_bias_ptr, programs, C, channel_blocks, N_SCALARS: tl.constexpr, "
+    "BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):",
+    '    """Stage two of the backward, one launch. Grid: (channel_blocks + 1,); program b <',
+    "    channel_blocks sums partials[k, :, its channels] (k = 0: weight, 1: bias) over the row",
+    "    programs into grad_weight and grad_bias, the last program scalar_partials[k] into",
+    "    the k-th scalar's 0-dim gradient, k < N_SCALARS; float64, a fixed order, rounded once",
+    '    to each gradient\'s dtype."""',
+    "    block = tl.program_id(0)",
+    "    if block < channel_blocks:",
+    "        channels = block * BLOCK_C + tl.arange(0, BLOCK_C)",
+    "        mask = channels < C",
+    "        grad_weight = tl.zeros((BLOCK_C,), dtype=tl.float64)",
+    "        grad_bias = tl.zeros((BLOCK_C,), dtype=tl.float64)",
+    "        row = channels.to(tl.int64)",
+    "        for program in tl.range(0, programs):",
+    "            grad_weight += tl.load(partials_ptr + row, mask=mask, other=0.0).to(tl.float64)",
+    "            grad_bias += tl.load(partials_ptr + programs * C + row, mask=mask, "
+    "other=0.0).to(tl.float64)",
+    "            row += C",
+    "        tl.store(grad_weight_ptr + channels, _rounded(grad_weight, grad_weight_ptr), "
+    "mask=mask)",
+    "        tl.store(grad_bias_ptr + channels, _rounded(grad_bias, grad_bias_ptr), mask=mask)",
+    "    else:",
+    "        cells = programs * channel_blocks",
+    *("    " + line for k in range(MAX_SCALARS) for line in _scalar_sum(k)),
+]) + "\n"
 
 
 #: A float64 sum in the dtype of the tensor it is stored to: through float32 where that is
@@ -248,14 +256,14 @@ ROUNDED = (
 
 def kernels_module() -> str:
     pairs = [_kernels(name) for name in FORMS]
-    roles = ("forward", "backward", "sums")
-    names = [f"{f.name}_{role}_kernel" for f, _ in pairs for role in roles]
+    roles = ("forward", "backward")
+    names = [*(f"{f.name}_{role}_kernel" for f, _ in pairs for role in roles), "sums_kernel"]
     quoted = lambda ns: ", ".join(f'"{n}"' for n in ns)  # noqa: E731
     table = "\n".join(f'    "{f.name}": FormKernels('
-                      + ", ".join(f"{f.name}_{role}_kernel" for role in roles) + "),"
+                      + ", ".join(f"{f.name}_{role}_kernel" for role in roles)
+                      + f", sums_kernel, {len(f.params)}),"
                       for f, _ in pairs)
-    body = "\n\n".join(f"{forward_source(f)}\n\n{backward_source(b)}\n\n{sums_source(b)}"
-                        for f, b in pairs)
+    body = "\n\n".join(f"{forward_source(f)}\n\n{backward_source(b)}" for f, b in pairs)
     all_names = quoted([*names, "FLOAT32_MAX", "FormKernels", "KERNELS"])
     return (f'{BANNER}"""Triton kernels of the layer forms DyT, DyISRU and their LayerNorm '
             "forms.\n\nForward, backward and the backward's second stage per form, printed "
@@ -268,9 +276,10 @@ def kernels_module() -> str:
             f"__all__ = [{all_names}]\n\n"
             "#: x is clamped to float32's finite range: +-inf saturates with zero gradient.\n"
             f"FLOAT32_MAX = tl.constexpr({float.fromhex('0x1.fffffep+127')!r})\n\n\n"
-            f"{ROUNDED}\n\n{body}"
+            f"{ROUNDED}\n\n{SUMS}\n\n{body}"
             "\n\nclass FormKernels(NamedTuple):\n    forward: object\n    backward: object\n"
-            "    sums: object\n\n\n#: form -> its kernels.\n"
+            "    sums: object\n    scalars: int          # the sums' N_SCALARS\n\n\n"
+            "#: form -> its kernels.\n"
             f"KERNELS = {{\n{table}\n}}\n")
 
 

@@ -421,7 +421,7 @@ def _noop_launches(on: bool):
     if not on:
         yield launched
         return
-    fake = SimpleNamespace(KERNELS={form: SimpleNamespace(**{
+    fake = SimpleNamespace(KERNELS={form: SimpleNamespace(scalars=len(FORMS[form].scalars), **{
         role: _NoopKernel(f"{form}_{role}", launched) for role in ("forward", "backward", "sums")})
         for form in FORMS})
     saved = kernels.check_device, kernels._kernels

@@ -152,8 +152,10 @@ def backward(code, grad, x, scalars, weight, *, op: bool = True):
         k.backward[(P, B)](grad, x, *(s.reshape(()) for s in scalars), weight.contiguous(),
                            grad_x, partials, scalar_partials, N, C, g["rows_per_program"],
                            BLOCK_R=g["BLOCK_R"], BLOCK_C=g["BLOCK_C"])
-        k.sums[(B + 1,)](partials, scalar_partials, *sums, P, C, B, BLOCK_C=g["BLOCK_C"],
-                         BLOCK=SUMS_BLOCK)
+        *gs, gw, gb = sums
+        unused = [gw] * (2 - len(gs))                         # pointers N_SCALARS never reads
+        k.sums[(B + 1,)](partials, scalar_partials, *gs, *unused, gw, gb, P, C, B,
+                         N_SCALARS=k.scalars, BLOCK_C=g["BLOCK_C"], BLOCK=SUMS_BLOCK)
     *gs, gw, gb = sums
     return grad_x, gs, gw, gb
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import triton
 import triton.language as tl
 
-__all__ = ["dyt_forward_kernel", "dyt_backward_kernel", "dyt_sums_kernel", "dyisru_forward_kernel", "dyisru_backward_kernel", "dyisru_sums_kernel", "dyt_ln_forward_kernel", "dyt_ln_backward_kernel", "dyt_ln_sums_kernel", "dyisru_ln_forward_kernel", "dyisru_ln_backward_kernel", "dyisru_ln_sums_kernel", "derf_forward_kernel", "derf_backward_kernel", "derf_sums_kernel", "FLOAT32_MAX", "FormKernels", "KERNELS"]
+__all__ = ["dyt_forward_kernel", "dyt_backward_kernel", "dyisru_forward_kernel", "dyisru_backward_kernel", "dyt_ln_forward_kernel", "dyt_ln_backward_kernel", "dyisru_ln_forward_kernel", "dyisru_ln_backward_kernel", "derf_forward_kernel", "derf_backward_kernel", "sums_kernel", "FLOAT32_MAX", "FormKernels", "KERNELS"]
 
 #: x is clamped to float32's finite range: +-inf saturates with zero gradient.
 FLOAT32_MAX = tl.constexpr(3.4028234663852886e+38)
@@ -25,6 +25,42 @@ def _rounded(v, ptr):
     if ptr.dtype.element_ty == tl.float64:
         return v
     return v.to(tl.float32).to(ptr.dtype.element_ty)
+
+
+@triton.jit
+def sums_kernel(partials_ptr, scalar_partials_ptr, grad_scalar0_ptr, grad_scalar1_ptr, grad_weight_ptr, grad_bias_ptr, programs, C, channel_blocks, N_SCALARS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
+    """Stage two of the backward, one launch. Grid: (channel_blocks + 1,); program b <
+    channel_blocks sums partials[k, :, its channels] (k = 0: weight, 1: bias) over the row
+    programs into grad_weight and grad_bias, the last program scalar_partials[k] into
+    the k-th scalar's 0-dim gradient, k < N_SCALARS; float64, a fixed order, rounded once
+    to each gradient's dtype."""
+    block = tl.program_id(0)
+    if block < channel_blocks:
+        channels = block * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask = channels < C
+        grad_weight = tl.zeros((BLOCK_C,), dtype=tl.float64)
+        grad_bias = tl.zeros((BLOCK_C,), dtype=tl.float64)
+        row = channels.to(tl.int64)
+        for program in tl.range(0, programs):
+            grad_weight += tl.load(partials_ptr + row, mask=mask, other=0.0).to(tl.float64)
+            grad_bias += tl.load(partials_ptr + programs * C + row, mask=mask, other=0.0).to(tl.float64)
+            row += C
+        tl.store(grad_weight_ptr + channels, _rounded(grad_weight, grad_weight_ptr), mask=mask)
+        tl.store(grad_bias_ptr + channels, _rounded(grad_bias, grad_bias_ptr), mask=mask)
+    else:
+        cells = programs * channel_blocks
+        if N_SCALARS > 0:
+            total = tl.zeros((BLOCK,), dtype=tl.float64)
+            for start in tl.range(0, cells, BLOCK):
+                at = start + tl.arange(0, BLOCK)
+                total += tl.load(scalar_partials_ptr + at, mask=at < cells, other=0.0).to(tl.float64)
+            tl.store(grad_scalar0_ptr, _rounded(tl.sum(total, axis=0), grad_scalar0_ptr))
+        if N_SCALARS > 1:
+            total = tl.zeros((BLOCK,), dtype=tl.float64)
+            for start in tl.range(0, cells, BLOCK):
+                at = start + tl.arange(0, BLOCK)
+                total += tl.load(scalar_partials_ptr + cells + at, mask=at < cells, other=0.0).to(tl.float64)
+            tl.store(grad_scalar1_ptr, _rounded(tl.sum(total, axis=0), grad_scalar1_ptr))
 
 
 @triton.jit
@@ -109,34 +145,6 @@ def dyt_backward_kernel(grad_ptr, x_ptr, alpha_ptr, weight_ptr, grad_x_ptr, part
     tl.store(partials_ptr + programs * C + row, sum_grad_bias, mask=channel_mask)
     cell = program.to(tl.int64) * tl.num_programs(1) + block
     tl.store(scalar_partials_ptr + cell, tl.sum(sum_grad_alpha, axis=0))
-
-
-@triton.jit
-def dyt_sums_kernel(partials_ptr, scalar_partials_ptr, grad_alpha_ptr, grad_weight_ptr, grad_bias_ptr, programs, C, channel_blocks, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
-    """dyt: stage two of the backward, one launch. Grid: (channel_blocks + 1,); program b < channel_blocks sums
-    partials[k, :, its channels] over the row programs into the per-channel gradients, the last
-    program each scalar's scalar_partials[k] into its 0-dim gradient; float64, a fixed order.
-    """
-    block = tl.program_id(0)
-    if block < channel_blocks:
-        channels = block * BLOCK_C + tl.arange(0, BLOCK_C)
-        mask = channels < C
-        grad_weight = tl.zeros((BLOCK_C,), dtype=tl.float64)
-        grad_bias = tl.zeros((BLOCK_C,), dtype=tl.float64)
-        row = channels.to(tl.int64)
-        for program in tl.range(0, programs):
-            grad_weight += tl.load(partials_ptr + row, mask=mask, other=0.0).to(tl.float64)
-            grad_bias += tl.load(partials_ptr + programs * C + row, mask=mask, other=0.0).to(tl.float64)
-            row += C
-        tl.store(grad_weight_ptr + channels, _rounded(grad_weight, grad_weight_ptr), mask=mask)
-        tl.store(grad_bias_ptr + channels, _rounded(grad_bias, grad_bias_ptr), mask=mask)
-    else:
-        cells = programs * channel_blocks
-        grad_alpha = tl.zeros((BLOCK,), dtype=tl.float64)
-        for start in tl.range(0, cells, BLOCK):
-            at = start + tl.arange(0, BLOCK)
-            grad_alpha += tl.load(scalar_partials_ptr + at, mask=at < cells, other=0.0).to(tl.float64)
-        tl.store(grad_alpha_ptr, _rounded(tl.sum(grad_alpha, axis=0), grad_alpha_ptr))
 
 
 @triton.jit
@@ -231,34 +239,6 @@ def dyisru_backward_kernel(grad_ptr, x_ptr, beta_ptr, weight_ptr, grad_x_ptr, pa
 
 
 @triton.jit
-def dyisru_sums_kernel(partials_ptr, scalar_partials_ptr, grad_beta_ptr, grad_weight_ptr, grad_bias_ptr, programs, C, channel_blocks, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
-    """dyisru: stage two of the backward, one launch. Grid: (channel_blocks + 1,); program b < channel_blocks sums
-    partials[k, :, its channels] over the row programs into the per-channel gradients, the last
-    program each scalar's scalar_partials[k] into its 0-dim gradient; float64, a fixed order.
-    """
-    block = tl.program_id(0)
-    if block < channel_blocks:
-        channels = block * BLOCK_C + tl.arange(0, BLOCK_C)
-        mask = channels < C
-        grad_weight = tl.zeros((BLOCK_C,), dtype=tl.float64)
-        grad_bias = tl.zeros((BLOCK_C,), dtype=tl.float64)
-        row = channels.to(tl.int64)
-        for program in tl.range(0, programs):
-            grad_weight += tl.load(partials_ptr + row, mask=mask, other=0.0).to(tl.float64)
-            grad_bias += tl.load(partials_ptr + programs * C + row, mask=mask, other=0.0).to(tl.float64)
-            row += C
-        tl.store(grad_weight_ptr + channels, _rounded(grad_weight, grad_weight_ptr), mask=mask)
-        tl.store(grad_bias_ptr + channels, _rounded(grad_bias, grad_bias_ptr), mask=mask)
-    else:
-        cells = programs * channel_blocks
-        grad_beta = tl.zeros((BLOCK,), dtype=tl.float64)
-        for start in tl.range(0, cells, BLOCK):
-            at = start + tl.arange(0, BLOCK)
-            grad_beta += tl.load(scalar_partials_ptr + at, mask=at < cells, other=0.0).to(tl.float64)
-        tl.store(grad_beta_ptr, _rounded(tl.sum(grad_beta, axis=0), grad_beta_ptr))
-
-
-@triton.jit
 def dyt_ln_forward_kernel(x_ptr, alpha_ptr, shift_ptr, weight_ptr, bias_ptr, y_ptr, N, C, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """dyt_ln: y[n, c] = bias + weight*tanh(alpha*z), z = x - shift
 
@@ -350,37 +330,6 @@ def dyt_ln_backward_kernel(grad_ptr, x_ptr, alpha_ptr, shift_ptr, weight_ptr, gr
     cell = program.to(tl.int64) * tl.num_programs(1) + block
     tl.store(scalar_partials_ptr + cell, tl.sum(sum_grad_alpha, axis=0))
     tl.store(scalar_partials_ptr + programs * tl.num_programs(1) + cell, tl.sum(sum_grad_shift, axis=0))
-
-
-@triton.jit
-def dyt_ln_sums_kernel(partials_ptr, scalar_partials_ptr, grad_alpha_ptr, grad_shift_ptr, grad_weight_ptr, grad_bias_ptr, programs, C, channel_blocks, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
-    """dyt_ln: stage two of the backward, one launch. Grid: (channel_blocks + 1,); program b < channel_blocks sums
-    partials[k, :, its channels] over the row programs into the per-channel gradients, the last
-    program each scalar's scalar_partials[k] into its 0-dim gradient; float64, a fixed order.
-    """
-    block = tl.program_id(0)
-    if block < channel_blocks:
-        channels = block * BLOCK_C + tl.arange(0, BLOCK_C)
-        mask = channels < C
-        grad_weight = tl.zeros((BLOCK_C,), dtype=tl.float64)
-        grad_bias = tl.zeros((BLOCK_C,), dtype=tl.float64)
-        row = channels.to(tl.int64)
-        for program in tl.range(0, programs):
-            grad_weight += tl.load(partials_ptr + row, mask=mask, other=0.0).to(tl.float64)
-            grad_bias += tl.load(partials_ptr + programs * C + row, mask=mask, other=0.0).to(tl.float64)
-            row += C
-        tl.store(grad_weight_ptr + channels, _rounded(grad_weight, grad_weight_ptr), mask=mask)
-        tl.store(grad_bias_ptr + channels, _rounded(grad_bias, grad_bias_ptr), mask=mask)
-    else:
-        cells = programs * channel_blocks
-        grad_alpha = tl.zeros((BLOCK,), dtype=tl.float64)
-        grad_shift = tl.zeros((BLOCK,), dtype=tl.float64)
-        for start in tl.range(0, cells, BLOCK):
-            at = start + tl.arange(0, BLOCK)
-            grad_alpha += tl.load(scalar_partials_ptr + at, mask=at < cells, other=0.0).to(tl.float64)
-            grad_shift += tl.load(scalar_partials_ptr + cells + at, mask=at < cells, other=0.0).to(tl.float64)
-        tl.store(grad_alpha_ptr, _rounded(tl.sum(grad_alpha, axis=0), grad_alpha_ptr))
-        tl.store(grad_shift_ptr, _rounded(tl.sum(grad_shift, axis=0), grad_shift_ptr))
 
 
 @triton.jit
@@ -485,37 +434,6 @@ def dyisru_ln_backward_kernel(grad_ptr, x_ptr, beta_ptr, shift_ptr, weight_ptr, 
 
 
 @triton.jit
-def dyisru_ln_sums_kernel(partials_ptr, scalar_partials_ptr, grad_beta_ptr, grad_shift_ptr, grad_weight_ptr, grad_bias_ptr, programs, C, channel_blocks, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
-    """dyisru_ln: stage two of the backward, one launch. Grid: (channel_blocks + 1,); program b < channel_blocks sums
-    partials[k, :, its channels] over the row programs into the per-channel gradients, the last
-    program each scalar's scalar_partials[k] into its 0-dim gradient; float64, a fixed order.
-    """
-    block = tl.program_id(0)
-    if block < channel_blocks:
-        channels = block * BLOCK_C + tl.arange(0, BLOCK_C)
-        mask = channels < C
-        grad_weight = tl.zeros((BLOCK_C,), dtype=tl.float64)
-        grad_bias = tl.zeros((BLOCK_C,), dtype=tl.float64)
-        row = channels.to(tl.int64)
-        for program in tl.range(0, programs):
-            grad_weight += tl.load(partials_ptr + row, mask=mask, other=0.0).to(tl.float64)
-            grad_bias += tl.load(partials_ptr + programs * C + row, mask=mask, other=0.0).to(tl.float64)
-            row += C
-        tl.store(grad_weight_ptr + channels, _rounded(grad_weight, grad_weight_ptr), mask=mask)
-        tl.store(grad_bias_ptr + channels, _rounded(grad_bias, grad_bias_ptr), mask=mask)
-    else:
-        cells = programs * channel_blocks
-        grad_beta = tl.zeros((BLOCK,), dtype=tl.float64)
-        grad_shift = tl.zeros((BLOCK,), dtype=tl.float64)
-        for start in tl.range(0, cells, BLOCK):
-            at = start + tl.arange(0, BLOCK)
-            grad_beta += tl.load(scalar_partials_ptr + at, mask=at < cells, other=0.0).to(tl.float64)
-            grad_shift += tl.load(scalar_partials_ptr + cells + at, mask=at < cells, other=0.0).to(tl.float64)
-        tl.store(grad_beta_ptr, _rounded(tl.sum(grad_beta, axis=0), grad_beta_ptr))
-        tl.store(grad_shift_ptr, _rounded(tl.sum(grad_shift, axis=0), grad_shift_ptr))
-
-
-@triton.jit
 def derf_forward_kernel(x_ptr, alpha_ptr, shift_ptr, weight_ptr, bias_ptr, y_ptr, N, C, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """derf: y[n, c] = bias + weight*erf(alpha*x + shift)
 
@@ -598,48 +516,18 @@ def derf_backward_kernel(grad_ptr, x_ptr, alpha_ptr, shift_ptr, weight_ptr, grad
     tl.store(scalar_partials_ptr + programs * tl.num_programs(1) + cell, tl.sum(sum_grad_shift, axis=0))
 
 
-@triton.jit
-def derf_sums_kernel(partials_ptr, scalar_partials_ptr, grad_alpha_ptr, grad_shift_ptr, grad_weight_ptr, grad_bias_ptr, programs, C, channel_blocks, BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
-    """derf: stage two of the backward, one launch. Grid: (channel_blocks + 1,); program b < channel_blocks sums
-    partials[k, :, its channels] over the row programs into the per-channel gradients, the last
-    program each scalar's scalar_partials[k] into its 0-dim gradient; float64, a fixed order.
-    """
-    block = tl.program_id(0)
-    if block < channel_blocks:
-        channels = block * BLOCK_C + tl.arange(0, BLOCK_C)
-        mask = channels < C
-        grad_weight = tl.zeros((BLOCK_C,), dtype=tl.float64)
-        grad_bias = tl.zeros((BLOCK_C,), dtype=tl.float64)
-        row = channels.to(tl.int64)
-        for program in tl.range(0, programs):
-            grad_weight += tl.load(partials_ptr + row, mask=mask, other=0.0).to(tl.float64)
-            grad_bias += tl.load(partials_ptr + programs * C + row, mask=mask, other=0.0).to(tl.float64)
-            row += C
-        tl.store(grad_weight_ptr + channels, _rounded(grad_weight, grad_weight_ptr), mask=mask)
-        tl.store(grad_bias_ptr + channels, _rounded(grad_bias, grad_bias_ptr), mask=mask)
-    else:
-        cells = programs * channel_blocks
-        grad_alpha = tl.zeros((BLOCK,), dtype=tl.float64)
-        grad_shift = tl.zeros((BLOCK,), dtype=tl.float64)
-        for start in tl.range(0, cells, BLOCK):
-            at = start + tl.arange(0, BLOCK)
-            grad_alpha += tl.load(scalar_partials_ptr + at, mask=at < cells, other=0.0).to(tl.float64)
-            grad_shift += tl.load(scalar_partials_ptr + cells + at, mask=at < cells, other=0.0).to(tl.float64)
-        tl.store(grad_alpha_ptr, _rounded(tl.sum(grad_alpha, axis=0), grad_alpha_ptr))
-        tl.store(grad_shift_ptr, _rounded(tl.sum(grad_shift, axis=0), grad_shift_ptr))
-
-
 class FormKernels(NamedTuple):
     forward: object
     backward: object
     sums: object
+    scalars: int          # the sums' N_SCALARS
 
 
 #: form -> its kernels.
 KERNELS = {
-    "dyt": FormKernels(dyt_forward_kernel, dyt_backward_kernel, dyt_sums_kernel),
-    "dyisru": FormKernels(dyisru_forward_kernel, dyisru_backward_kernel, dyisru_sums_kernel),
-    "dyt_ln": FormKernels(dyt_ln_forward_kernel, dyt_ln_backward_kernel, dyt_ln_sums_kernel),
-    "dyisru_ln": FormKernels(dyisru_ln_forward_kernel, dyisru_ln_backward_kernel, dyisru_ln_sums_kernel),
-    "derf": FormKernels(derf_forward_kernel, derf_backward_kernel, derf_sums_kernel),
+    "dyt": FormKernels(dyt_forward_kernel, dyt_backward_kernel, sums_kernel, 1),
+    "dyisru": FormKernels(dyisru_forward_kernel, dyisru_backward_kernel, sums_kernel, 1),
+    "dyt_ln": FormKernels(dyt_ln_forward_kernel, dyt_ln_backward_kernel, sums_kernel, 2),
+    "dyisru_ln": FormKernels(dyisru_ln_forward_kernel, dyisru_ln_backward_kernel, sums_kernel, 2),
+    "derf": FormKernels(derf_forward_kernel, derf_backward_kernel, sums_kernel, 2),
 }

@@ -55,21 +55,20 @@ def has(name: str) -> bool:
     return path is not None and path.is_file()
 
 
-def load(name: str):
-    """The stored result called ``name``, or None."""
-    path = _path(name)
+def _read(path: Path | None):
+    """The pickle at path, or None (no cache, no file, or a broken one: a miss, computed
+    again and overwritten)."""
     if path is None or not path.is_file():
         return None
     try:
         with path.open("rb") as f:
             return pickle.load(f)
-    except Exception:  # noqa: BLE001 - a broken file is a miss: derive again, then overwrite
+    except Exception:  # noqa: BLE001 - a broken file is a miss
         return None
 
 
-def store(name: str, value) -> None:
-    """Store a derived (and checked) result; a failure to write is passed over."""
-    path = _path(name)
+def _write(path: Path | None, value) -> None:
+    """value pickled to path, atomically; a failure to write is passed over."""
     if path is None:
         return
     try:
@@ -79,6 +78,16 @@ def store(name: str, value) -> None:
         os.replace(f.name, path)
     except Exception:  # noqa: BLE001 - read-only home, full disk: the cache is optional
         pass
+
+
+def load(name: str):
+    """The stored result called ``name``, or None."""
+    return _read(_path(name))
+
+
+def store(name: str, value) -> None:
+    """Store a derived (and checked) result; a failure to write is passed over."""
+    _write(_path(name), value)
 
 
 # -- references: mpmath's values of a formula over every value of a dtype ---------------------
@@ -93,28 +102,16 @@ def references() -> Path | None:
     return None if base is None else base.parent / "references"
 
 
+def _reference(name: str) -> Path | None:
+    base = references()
+    return None if base is None else base / f"{name}.pickle"
+
+
 def load_reference(name: str):
     """The stored reference called ``name``, or None."""
-    base = references()
-    path = None if base is None else base / f"{name}.pickle"
-    if path is None or not path.is_file():
-        return None
-    try:
-        with path.open("rb") as f:
-            return pickle.load(f)
-    except Exception:  # noqa: BLE001 - a broken file is a miss: evaluate again, then overwrite
-        return None
+    return _read(_reference(name))
 
 
 def store_reference(name: str, value) -> None:
     """Store a reference; a failure to write is passed over."""
-    base = references()
-    if base is None:
-        return
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("wb", dir=base, delete=False) as f:
-            pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(f.name, base / f"{name}.pickle")
-    except Exception:  # noqa: BLE001 - read-only home, full disk: the cache is optional
-        pass
+    _write(_reference(name), value)

@@ -11,6 +11,7 @@ import torch
 
 from derive import testing as T
 from derive.testing import Mismatch, assert_matches
+from tests import checks
 
 F32, F64 = torch.float32, torch.float64
 
@@ -40,25 +41,8 @@ def test_the_cancelling_tanh_backward_is_caught_in_float32():
         assert_matches(dyt, "dyt", dtypes=[F32], examples=20)
 
 
-class _TanhFirstOnly(torch.autograd.Function):
-    """tanh with the right first derivative, 1/cosh(u)^2, computed without a graph in u."""
-
-    @staticmethod
-    def forward(u):
-        return torch.tanh(u)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0])
-
-    @staticmethod
-    def backward(ctx, g):
-        (u,) = ctx.saved_tensors
-        return g / torch.cosh(u.detach()) ** 2
-
-
 def dyt_first_only(x, weight, bias, alpha):
-    return weight * _TanhFirstOnly.apply(alpha * x) + bias
+    return weight * checks.TanhSech2.apply(alpha * x) + bias
 
 
 def test_a_missing_second_derivative_is_caught_at_order_2():

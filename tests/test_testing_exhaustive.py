@@ -18,6 +18,7 @@ import torch
 from derive import cache
 from derive import testing as T
 from derive.testing import Mismatch, assert_matches
+from tests import checks
 from tests.strategies import DEVICES
 
 F64, F32, BF16, F16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
@@ -30,22 +31,7 @@ def dyt(x, weight, bias, alpha):
 
 def dyt_exact(x, weight, bias, alpha):
     """DyT computed in float64 and rounded once, with sech(u)^2 as the derivative."""
-    return weight.double() * _Tanh.apply(alpha.double() * x.double()) + bias.double()
-
-
-class _Tanh(torch.autograd.Function):
-    @staticmethod
-    def forward(u):
-        return torch.tanh(u)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0])
-
-    @staticmethod
-    def backward(ctx, g):
-        (u,) = ctx.saved_tensors
-        return g / torch.cosh(u) ** 2
+    return weight.double() * checks.TanhSech2.apply(alpha.double() * x.double()) + bias.double()
 
 
 def off_where(mask, factor=1.01):

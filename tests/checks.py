@@ -102,19 +102,28 @@ def special_values(name, dtype, device):
     check_first(name, x[:-1], scalars, w[:-1], b[:-1], g[:-1])
 
 
-class TanhSech2(torch.autograd.Function):
-    """tanh with its first derivative written 1/cosh(u)^2 (autograd's 1 - tanh^2 cancels for
-    large |u|), computed without a graph in u: an implementation right to first order."""
+def elementwise(f, df, *, first_only: bool = False):
+    """An autograd.Function computing f(x) with the derivative df(x) written out (what
+    autograd would derive from f may cancel); differentiable again through df unless
+    ``first_only`` (then df is evaluated without a graph in x)."""
 
-    @staticmethod
-    def forward(u):
-        return torch.tanh(u)
+    class Elementwise(torch.autograd.Function):
+        @staticmethod
+        def forward(x):
+            return f(x)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0])
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(inputs[0])
 
-    @staticmethod
-    def backward(ctx, g):
-        (u,) = ctx.saved_tensors
-        return g / torch.cosh(u.detach()) ** 2
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return g * df(x.detach() if first_only else x)
+
+    return Elementwise
+
+
+#: tanh with its first derivative written 1/cosh(u)^2 (autograd's 1 - tanh^2 cancels for
+#: large |u|): an implementation right to first order.
+TanhSech2 = elementwise(torch.tanh, lambda u: 1 / torch.cosh(u) ** 2, first_only=True)

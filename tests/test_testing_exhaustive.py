@@ -186,22 +186,9 @@ def test_the_torch_standard_still_catches_a_wrong_formula(device):
 
 # -- derivatives that are distributions ------------------------------------------------------
 
-class _Softsign(torch.autograd.Function):
-    """x / (1 + |x|) with its derivative (1 / (1 + |x|))^2 written out (autograd's
-    1/(1 + |x|) - |x|/(1 + |x|)^2 cancels for large |x|), itself differentiable."""
-
-    @staticmethod
-    def forward(x):
-        return x / (1 + x.abs())
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0])
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        return g * (1 / (1 + x.abs())) ** 2
+#: x / (1 + |x|) with its derivative (1 / (1 + |x|))^2 written out (autograd's
+#: 1/(1 + |x|) - |x|/(1 + |x|)^2 cancels for large |x|), itself differentiable.
+_Softsign = checks.elementwise(lambda x: x / (1 + x.abs()), lambda x: (1 / (1 + x.abs())) ** 2)
 
 
 def softsign(x, weight, bias):
@@ -221,19 +208,8 @@ def test_a_dirac_delta_is_named_and_the_rest_checked(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_the_rest_of_a_derivative_with_a_dirac_delta_is_still_checked(device):
     """A second derivative wrong away from x = 0 is still caught."""
-    class Wrong(torch.autograd.Function):
-        @staticmethod
-        def forward(x):
-            return x / (1 + x.abs())
-
-        @staticmethod
-        def setup_context(ctx, inputs, output):
-            ctx.save_for_backward(inputs[0])
-
-        @staticmethod
-        def backward(ctx, g):
-            (x,) = ctx.saved_tensors
-            return g * 1.1 / (1 + x.abs()) ** 2      # the first derivative, 10% off
+    Wrong = checks.elementwise(lambda x: x / (1 + x.abs()),
+                               lambda x: 1.1 / (1 + x.abs()) ** 2)  # the derivative, 10% off
 
     def fn(x, weight, bias):
         return weight * Wrong.apply(x) + bias

@@ -7,14 +7,15 @@ runs a torch implementation against the formulas, is the one exception, imported
 The flow, module by module:
 
 1. definitions: ``symbols`` (every symbol, created once), ``parser`` and ``formula`` (user
-   text, never evaluated), ``norms`` (the norms as text, for the procedure);
+   text, never evaluated), ``normalizations`` (the norms as text, for
+   the procedure);
 2. procedure: ``steps`` (a Step and its obligations, checked two ways), ``statistics``
    (split a statistic into channel i and the rest), ``ode`` (solve the frozen-statistics
    ODE), ``procedure`` (``counterparts``: Jacobian, derivative space, function space);
 3. catalog: ``catalog`` (every named result, derived and checked), ``activations`` and
    ``properties`` (what the named forms are proven to be), ``derf``, ``cache`` (the results
    on disk, keyed by this package's source);
-4. layers: ``layers`` (a form as y = weight * f + bias, and the functions to print: forward,
+4. forms: ``forms`` (a layer form as y = weight * f + bias, and the functions to print: forward,
    backward, jvp, hvp), ``vjp`` (the reference norms' backward);
 5. rules: ``rules`` (the named rewrites in their rule sets, each proven);
 6. printers: ``printers`` (SymPy to torch and to Triton, on one base);

@@ -10,7 +10,7 @@ from functools import cache
 
 import sympy as sp
 
-from . import norms, ode
+from . import normalizations, ode
 from .procedure import Counterparts, counterparts
 from .properties import shape_obligations
 from .steps import Step, check, equal, limit, series
@@ -19,7 +19,7 @@ from .symbols import C, C_AT_LEAST_2, K, S, alpha, beta, epsilon, gamma, sigma, 
 
 def of(name: str) -> Counterparts:
     """The procedure's results for the catalog's norm called ``name``."""
-    return counterparts(norms.definition(name))
+    return counterparts(normalizations.definition(name))
 
 
 def _dyt():
@@ -114,8 +114,8 @@ def _alpha_at_eps0():
     alpha0 = of("rmsnorm").derivative_space_params[alpha]
     out = []
     for k in (2, 3, 4):
-        xs = norms.channels(k)
-        sigma0 = norms.rms(xs).subs(epsilon, 0)
+        xs = normalizations.channels(k)
+        sigma0 = normalizations.rms(xs).subs(epsilon, 0)
         out.append(equal(f"C = {k}, epsilon = 0: alpha = 1/||x||_2",
                          alpha0.subs({sigma: sigma0, C: k}),
                          1 / sp.sqrt(sum(xi**2 for xi in xs))))

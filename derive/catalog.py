@@ -1,7 +1,7 @@
 """The catalog: result name -> which norm, which route of the procedure, which facts.
 
 Every result is one route of :func:`derive.procedure.counterparts` applied to a norm of
-:mod:`derive.norms`, followed by the result-specific steps of :mod:`derive.activations`;
+:mod:`derive.normalizations`, followed by the result-specific steps of :mod:`derive.activations`;
 a form not derived from a norm (Derf) is its expression with the steps that prove its facts.
 ``result(name)`` derives (and checks) only what that result needs, ``catalog()``
 derives everything; the procedure's steps are made once per norm.
@@ -86,7 +86,7 @@ def counterpart_results(cp: Counterparts) -> dict[str, Result]:
 @dataclass(frozen=True)
 class Entry:
     title: str
-    norm: str | None      # a name in derive.norms; None for a form not derived from a norm
+    norm: str | None      # a name in derive.normalizations; None for a form not derived from a norm
     route: str | None     # a key of ROUTES
     facts: tuple[Callable[[], Step], ...] = field(default=())
     form: Callable[[], tuple[sp.Expr, dict]] | None = None   # (expr, params) without a norm

@@ -1,4 +1,4 @@
-"""PyTorch source from the layer forms (``derive.layers``) and the norms' VJPs (``vjp``).
+"""PyTorch source from the layer forms (``derive.forms``) and the norms' VJPs (``vjp``).
 
 The emitter: each function's outputs, after the rules (speed rules op by op, fused rules for
 torch.compile) and CSE, printed by ``TorchPrinter`` into the generated modules of
@@ -11,7 +11,7 @@ import re
 import sympy as sp
 
 from .catalog import result
-from .layers import FORMS, Form, Function, layer_functions, layer_step
+from .forms import FORMS, Form, Function, layer_functions, layer_step
 from .printers import torch_code
 from .rules import (FUSED_RULES, FUSED_WIDE_RULES, TORCH_RULES, Rewritten, applies,
                     template_rewrite)
@@ -19,7 +19,7 @@ from .symbols import grad
 
 #: float32's largest finite value: the fused variants clamp x to it.
 FLOAT32_MAX = float.fromhex("0x1.fffffep+127")
-#: How a shifted form computes z in the fused variants (float32; ``layers.SHIFT`` says why z
+#: How a shifted form computes z in the fused variants (float32; ``forms.SHIFT`` says why z
 #: is saturated): a clamp, which inductor vectorises (its nan_to_num is a loop element by
 #: element, 5 ms of DyT-LN's 20 at (4096, 1024)); NaN stays NaN.
 FUSED_SHIFT = f"z = torch.clamp(x - shift, {-FLOAT32_MAX!r}, {FLOAT32_MAX!r})"
@@ -249,7 +249,7 @@ def norms_module() -> str:
     return module(
         "Reference RMSNorm and LayerNorm (no affine part): forward, and the backward as the\n"
         "vector-Jacobian product of the derived Jacobian (diagonal and off-diagonal entries).\n",
-        vjp.functions(Function), hypot_from=".layers")
+        vjp.functions(Function), hypot_from=".torch_forms")
 
 
 def forms_module() -> str:
@@ -270,5 +270,5 @@ def sources() -> dict:
     """Relative path -> renderer of every generated source file."""
     return {"numeric/generated/__init__.py": lambda: BANNER + '"""Generated sources."""\n',
             "numeric/generated/forms.py": forms_module,
-            "numeric/generated/layers.py": layers_module,
-            "numeric/generated/norms.py": norms_module}
+            "numeric/generated/torch_forms.py": layers_module,
+            "numeric/generated/norm_vjps.py": norms_module}

@@ -1,6 +1,6 @@
 """A layer for a formula of one's own: ``dynorm generate --form NAME=EXPR --out FILE``.
 
-The formula f(x; scalars) becomes ``layers.Form.of(NAME, f)``, and from there the path of
+The formula f(x; scalars) becomes ``forms.Form.of(NAME, f)``, and from there the path of
 the built-in forms: y = weight * f + bias, its first and second derivatives and its
 forward-mode product, each the symbolic derivative after the numerical-safety and speed
 rules (each application checked), printed by ``TorchPrinter`` after CSE. Around them, a
@@ -20,7 +20,7 @@ import sympy as sp
 
 from .codegen import emit, hypot_prelude, torch_functions, uses_hypot
 from .formula import FormulaError, identifier, parse
-from .layers import Form, Function
+from .forms import Form, Function
 from .parser import parse as parse_names
 from .printers import UnsupportedNode
 from .steps import bounded

@@ -1,6 +1,6 @@
 """Triton kernels from the catalog: per layer form one forward and one backward kernel.
 
-The math is the PyTorch code's (derive.layers): the catalog's layer form, its sympy derivatives,
+The math is the PyTorch code's (derive.forms): the catalog's layer form, its sympy derivatives,
 the same numerical-safety rules; then the kernel rules of ``rules`` replace what Triton's
 interpreter cannot run (tanh, 1/cosh^2, hypot) by core ``tl`` math, each application
 checked, and ``TritonPrinter`` prints the bodies after CSE. Only the skeleton around a
@@ -29,7 +29,7 @@ import sympy as sp
 
 from .catalog import result
 from .codegen import BANNER, op_count, statements
-from .layers import FORMS, layer_functions, layer_step
+from .forms import FORMS, layer_functions, layer_step
 from .printers import triton_code
 from .rules import KERNEL_RULES, Rewritten, applies, template_rewrite
 from .symbols import bias, grad, shift, weight, x
@@ -84,7 +84,7 @@ def _kernels(name: str) -> tuple[Kernel, Kernel]:
 
 def _lines(kernel: Kernel, indent: str) -> tuple[list[str], int]:
     """The printed body: the clamp, z = x - shift (clamped too: it overflows for x = 3e38,
-    shift = -1e38, see layers.SHIFT), temporaries, outputs; and its op count."""
+    shift = -1e38, see forms.SHIFT), temporaries, outputs; and its op count."""
     pre = [(x, _CLAMP)] + ([(FORMS[kernel.name].var, _CLAMP.subs(x, x - shift))]
                            if kernel.shifted else [])
     assigned, body = statements(kernel.outputs)
@@ -271,7 +271,7 @@ def kernels_module() -> str:
             "Core tl math only (exp, sqrt,\nabs, where, maximum, minimum): they run in "
             "Triton's interpreter (TRITON_INTERPRET=1) as\non a GPU. Compute in float32 "
             "(the second stage's sums in float64); load and store in the\ntensors' own "
-            'dtypes. numeric/kernels.py launches them.\n"""\n'
+            'dtypes. numeric/triton_backend.py launches them.\n"""\n'
             "from typing import NamedTuple\n\nimport triton\nimport triton.language as tl\n\n"
             f"__all__ = [{all_names}]\n\n"
             "#: x is clamped to float32's finite range: +-inf saturates with zero gradient.\n"
@@ -285,4 +285,4 @@ def kernels_module() -> str:
 
 def sources() -> dict:
     """Relative path -> renderer of the generated kernels."""
-    return {"numeric/generated/kernels.py": kernels_module}
+    return {"numeric/generated/triton_kernels.py": kernels_module}

@@ -2,7 +2,7 @@
 
 ``RULES`` holds every rule; the sets say which apply where (as sympy.codegen.rewriting's
 ``optims_c99``): the safety rules (sech2, isru_hypot) on every path, each form's own chosen
-by the form (derive.layers), a user's wherever their pattern occurs; then ``TORCH_RULES`` op
+by the form (derive.forms), a user's wherever their pattern occurs; then ``TORCH_RULES`` op
 by op, ``KERNEL_RULES`` in the Triton kernels, ``FUSED_RULES`` in the fused CPU variants
 (these, template rules, are applied by ``template_rewrite``). Each
 rule is proven once (``proven``), and every application is checked too.

@@ -44,7 +44,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from . import cache as _cache
-from . import layers, symbols
+from . import forms, symbols
 from .catalog import NAMES
 from .formula import FormulaError, parse
 from .symbols import x
@@ -231,34 +231,34 @@ def assert_close(got: torch.Tensor, ref: torch.Tensor, *, scale=None, dtype=None
 
 # -- what is tested: a layer y = weight * f + bias -------------------------------------------
 
-def _formula_form(name: str, f: sp.Expr) -> layers.Form:
+def _formula_form(name: str, f: sp.Expr) -> forms.Form:
     f = f.subs({s: x for s in f.free_symbols if s.name == x.name and s != x})
     if x not in f.free_symbols:
         raise FormulaError(f"form {name!r} is neither a layer form of the catalog "
-                           f"({', '.join(layers.FORMS)}) nor a formula of x")
+                           f"({', '.join(forms.FORMS)}) nor a formula of x")
     taken = {s.name for s in f.free_symbols} & {symbols.weight.name, symbols.bias.name}
     if taken:
         raise FormulaError(f"the formula may not use {sorted(taken)}: y = weight * f + bias")
-    return layers.Form.of(name, f)
+    return forms.Form.of(name, f)
 
 
-def spec(form) -> layers.Form:
-    """What is tested against, as the generated code is made from it (``layers.Form``: the
+def spec(form) -> forms.Form:
+    """What is tested against, as the generated code is made from it (``forms.Form``: the
     layer weight * f + bias and its scalars): a layer form's name ("dyt"), a formula of x
     (text or SymPy), or a Form."""
-    if isinstance(form, layers.Form):
+    if isinstance(form, forms.Form):
         return form
     if isinstance(form, str):
-        if form in layers.FORMS:
-            return layers.FORMS[form]
+        if form in forms.FORMS:
+            return forms.FORMS[form]
         if form in NAMES:
             raise ValueError(f"form {form!r} is a result of the catalog but not an element-wise "
-                             f"layer form ({', '.join(layers.FORMS)})")
+                             f"layer form ({', '.join(forms.FORMS)})")
         return _formula_form(form, parse(form))
     if isinstance(form, sp.Expr):
         return _formula_form(sp.sstr(form), form)
     raise TypeError(f"form must be a layer form's name, a formula of x (str or SymPy) or a "
-                    f"layers.Form, got {type(form).__name__}")
+                    f"forms.Form, got {type(form).__name__}")
 
 
 def layer_expr(form) -> sp.Expr:
@@ -285,7 +285,7 @@ DIGITS = 50
 PRECISIONS = (DIGITS, 120, 450)
 
 
-def _symbols(s: layers.Form, what: str) -> tuple[sp.Symbol, ...]:
+def _symbols(s: forms.Form, what: str) -> tuple[sp.Symbol, ...]:
     """The symbols of "d_a" or "d2_a_b" (a, b among x, the scalars, weight)."""
     names = {v.name: v for v in wrt(s)}
     if what.startswith("d2_"):
@@ -317,7 +317,7 @@ def _derivative(e: sp.Expr, syms: tuple[sp.Symbol, ...]) -> sp.Expr:
 
 
 @cache
-def _expr(s: layers.Form, what: str) -> sp.Expr:
+def _expr(s: forms.Form, what: str) -> sp.Expr:
     """The layer's "y", "f", first derivative "d_a" or second derivative "d2_a_b"."""
     if what == "f":
         return (s.layer - symbols.bias) / symbols.weight
@@ -325,14 +325,14 @@ def _expr(s: layers.Form, what: str) -> sp.Expr:
 
 
 @cache
-def _f_expr(s: layers.Form, what: str) -> sp.Expr:
+def _f_expr(s: forms.Form, what: str) -> sp.Expr:
     """f's "f", "d_a" or "d2_a_b" (a, b among x and the scalars): what the tables hold."""
     f = (s.layer - symbols.bias) / symbols.weight
     return _derivative(f, () if what == "f" else _symbols(s, what))
 
 
 @cache
-def _where_undefined(s: layers.Form, what: str, layer: bool = True):
+def _where_undefined(s: forms.Form, what: str, layer: bool = True):
     """(u, why) for each term that leaves ``what`` (the layer's, or f's) undefined where
     u = 0: a DiracDelta of SymPy's plain derivative (the form compared may have cancelled
     it: x DiracDelta(x) is 0, but the derivative before it jumps at 0), a sign or Heaviside
@@ -366,7 +366,7 @@ _MODULES = [{"DiracDelta": _regular_part, "Heaviside": _heaviside}, "mpmath"]
 
 
 @cache
-def _lambda(s: layers.Form, what: str):
+def _lambda(s: forms.Form, what: str):
     """The mpmath callable of (x, scalars..., weight, bias) for ``what``: "y", "f", a first
     derivative "d_a" or a second derivative "d2_a_b"."""
     return sp.lambdify((x, *s.params, symbols.weight, symbols.bias), _expr(s, what), _MODULES)
@@ -484,7 +484,7 @@ def sweep_values(dtype: torch.dtype) -> torch.Tensor:
     return every_value(dtype) if dtype.itemsize == 2 else binade_sweep(dtype)
 
 
-def _table_key(s: layers.Form, what: str, scalars, dtype) -> str:
+def _table_key(s: forms.Form, what: str, scalars, dtype) -> str:
     f = (s.layer - symbols.bias) / symbols.weight
     text = repr((TABLE_VERSION, mpmath.__version__, sp.__version__, sp.srepr(f),
                  [p.name for p in s.params], [float(t).hex() for t in scalars], what,
@@ -503,7 +503,7 @@ def exhaustive_reference(form, what: str, scalars, dtype: torch.dtype) -> torch.
     return _tables(spec(form), (what,), tuple(float(t) for t in scalars), dtype)[what][0]
 
 
-def _tables(s: layers.Form, whats, scalars, dtype) -> dict:
+def _tables(s: forms.Form, whats, scalars, dtype) -> dict:
     """what -> (values, indices where it is not defined) over sweep_values(dtype): from this
     process, the disk cache, or mpmath (every missing one in one pass)."""
     out, missing = {}, []
@@ -529,7 +529,7 @@ def _tables(s: layers.Form, whats, scalars, dtype) -> dict:
 
 
 @cache
-def _f_lambdas(s: layers.Form, whats: tuple[str, ...]):
+def _f_lambdas(s: forms.Form, whats: tuple[str, ...]):
     """One mpmath callable of (x, scalars...) for all of ``whats`` (common terms once), and
     one for each."""
     args, exprs = (x, *s.params), [_f_expr(s, w) for w in whats]
@@ -555,7 +555,7 @@ def _floats(fn, v, ss) -> list | None:
     return out
 
 
-def _evaluate_table(s: layers.Form, whats, scalars, xs: list[float]):
+def _evaluate_table(s: forms.Form, whats, scalars, xs: list[float]):
     """[(values, singular indices)] of each of ``whats`` at each x of xs: two cheap
     precisions for all (TABLE_DIGITS); where they do not round to the same float64, or a
     value is exactly 0, PRECISIONS for that value."""
@@ -648,7 +648,7 @@ def _leaves(x_t, scalars, w, b):
             + [None if b is None else b.clone().requires_grad_(True)])
 
 
-def _call(fn, s: layers.Form, x_t, scalars, w, b):
+def _call(fn, s: forms.Form, x_t, scalars, w, b):
     return fn(x_t, w, b, **{p.name: v for p, v in zip(s.params, scalars)})
 
 
@@ -671,11 +671,11 @@ def first_order(fn, form, x_t, scalars, w, b, g):
     return y, gx, gs, gw, (gb[0] if gb else None)
 
 
-def _inputs(s: layers.Form, x_t, scalars):
+def _inputs(s: forms.Form, x_t, scalars):
     return {"x": x_t, **{p.name: v for p, v in zip(s.params, scalars)}}
 
 
-def _label(s: layers.Form, x_t, w) -> str:
+def _label(s: forms.Form, x_t, w) -> str:
     dt = lambda d: str(d).replace("torch.", "")  # noqa: E731
     pd = "" if w.dtype == x_t.dtype else f", parameters {dt(w.dtype)}"
     return f"{s.name} ({dt(x_t.dtype)}{pd}, {x_t.device.type})"
@@ -686,7 +686,7 @@ class Pointwise:
     ``ref(what)`` a float64 tensor on x's device, ``ref.skip(what)`` where it is not
     defined (None: everywhere defined)."""
 
-    def __init__(self, s: layers.Form, x_t, scalars, w, b):
+    def __init__(self, s: forms.Form, x_t, scalars, w, b):
         self.s, self.x, self.scalars, self.w, self.b = s, x_t, scalars, w, b
         self._memo: dict = {}
 
@@ -705,7 +705,7 @@ class Tabled:
     """The references of a sweep: f's tables (``_tables``, over x's rows) made the layer's,
     y = w f + b and its derivatives, which are linear in w."""
 
-    def __init__(self, s: layers.Form, tables: dict, singular_at: dict, x_t, w, b):
+    def __init__(self, s: forms.Form, tables: dict, singular_at: dict, x_t, w, b):
         self.s, self.t, self.sing, self.x = s, tables, singular_at, x_t
         self.w = w.double().to(x_t.device)
         self.b = None if b is None else b.double().to(x_t.device)
@@ -915,7 +915,7 @@ def sweep_scalars(form, k: int = SWEEPS, ranges: dict | None = None) -> list[tup
     return list(dict.fromkeys(out))     # a form without scalars has one setting
 
 
-def _table_whats(s: layers.Form, order: int) -> tuple[str, ...]:
+def _table_whats(s: forms.Form, order: int) -> tuple[str, ...]:
     """f's quantities a sweep of ``order`` compares with: f and its first derivatives (the
     gradients, and the value's condition terms), its second derivatives at order 2."""
     names = [v.name for v in (x, *s.params)]
@@ -925,7 +925,7 @@ def _table_whats(s: layers.Form, order: int) -> tuple[str, ...]:
     return first + tuple(f"d2_{a}_{b}" for i, a in enumerate(names) for b in names[i:])
 
 
-def _unchecked(s: layers.Form, order: int) -> list[str]:
+def _unchecked(s: forms.Form, order: int) -> list[str]:
     """What cannot be compared everywhere at ``order``: one line per derivative that is not
     a function somewhere (a DiracDelta term; sign or Heaviside, which jump)."""
     out = []
@@ -943,7 +943,7 @@ def _unchecked(s: layers.Form, order: int) -> list[str]:
     return out
 
 
-def _sweep(fn, s: layers.Form, dtype, pdtype, device, order: int, standard: str,
+def _sweep(fn, s: forms.Form, dtype, pdtype, device, order: int, standard: str,
            settings: list[tuple]) -> None:
     """Every value of ``sweep_values(dtype)`` through fn at each setting of the scalars:
     outputs and derivatives up to ``order`` against the cached mpmath tables. Weight, bias,

@@ -21,7 +21,7 @@ from functools import cache
 
 import sympy as sp
 
-from . import norms
+from . import normalizations
 from .catalog import result
 from .rules import ChannelSum, Hypot, Rewritten
 from .steps import Step, check, equal
@@ -73,7 +73,7 @@ def _scaled(name: str) -> Rewritten:
 
 def _explicit(e: sp.Expr, n: int) -> sp.Expr:
     """e for channel 0 of n explicit channels: ChannelSum(f) -> f(x_0, g_0) + ... ."""
-    xs, gs = norms.channels(n), sp.symbols(f"g0:{n}", real=True)
+    xs, gs = normalizations.channels(n), sp.symbols(f"g0:{n}", real=True)
     e = e.replace(ChannelSum, lambda f: sum(f.subs({x: xk, g: gk}, simultaneous=True)
                                             for xk, gk in zip(xs, gs)))
     return e.subs({x: xs[0], g: gs[0], C: n}, simultaneous=True)
@@ -115,9 +115,9 @@ def _vjp(a, terms, gs, ys, k, sums):
 
 def _explicit_obligation(name: str, n: int):
     a, terms = vjp_terms(name)
-    xs, gs = norms.channels(n), sp.symbols(f"g0:{n}", real=True)
-    vector, scale_fn = ((norms.rmsnorm_vector, norms.rms) if name == "rmsnorm"
-                        else (norms.layernorm_vector, norms.std))
+    xs, gs = normalizations.channels(n), sp.symbols(f"g0:{n}", real=True)
+    vector, scale_fn = ((normalizations.rmsnorm_vector, normalizations.rms) if name == "rmsnorm"
+                        else (normalizations.layernorm_vector, normalizations.std))
     base = scale_fn(xs) ** 2
     jac = vector(xs).jacobian(xs).subs(base, _r**2)
     want = (sp.Matrix([gs]) * jac).T

@@ -9,8 +9,8 @@ Needs torch (and numpy); never imports SymPy.
 """
 from . import distributed, functional
 from .convert import convert
-from .layers import Derf, DyISRU, DyISRULN, DyT, DyTLN, llama_alpha_init
-from .norms import LayerNorm, RMSNorm
+from .modules import Derf, DyISRU, DyISRULN, DyT, DyTLN, llama_alpha_init
+from .reference_norms import LayerNorm, RMSNorm
 
 __all__ = ["functional", "distributed", "convert", "DyT", "DyISRU", "DyTLN", "DyISRULN", "Derf", "LayerNorm",
            "RMSNorm", "llama_alpha_init"]

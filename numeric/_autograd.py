@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 
 from .backends import RUN, cast, choose, compute_dtype
-from .generated.layers import CODE
-from .generated import norms as N
+from .generated.torch_forms import CODE
+from .generated import norm_vjps as N
 from .generated.forms import FORMS
 
 

@@ -8,7 +8,7 @@ range first, so +-inf saturates to the bound (gradient 0) and a NaN stays in its
     backward(code, grad, x, scalars, weight) -> (grad_x, [grad of each scalar],
                                                  grad_weight, grad_bias)
 
-``code`` is the form's row of the generated table (numeric/generated/layers.py, ``CODE``).
+``code`` is the form's row of the generated table (numeric/generated/torch_forms.py, ``CODE``).
 grad_x is in x's dtype; the parameters' gradients are summed over every dimension but the
 channels: the scalars' in float64, the weight's and bias's over the rows as eager float32
 autograd sums them (torch's float32 sum; float64 across the row blocks of a large input),
@@ -16,7 +16,7 @@ at least as accurate as eager float32 (the caller casts each to its parameter's 
 Scalars and weight arrive in their own dtypes (float32 parameters under bfloat16
 autocast, say).
 
-- ``"torch"``: the generated PyTorch code op by op (numeric/generated/layers.py); on a CPU,
+- ``"torch"``: the generated PyTorch code op by op (numeric/generated/torch_forms.py); on a CPU,
   inputs of more than ``BLOCK_ELEMENTS`` go through in blocks of rows, whose temporaries
   stay in cache.
 - ``"fused"``: the generated ``*_fused_*`` variants (dtype policy and sums printed in)
@@ -24,7 +24,7 @@ autocast, say).
   the scalars' sums and the weight's term, which torch sums over the rows. Compiled on the
   first call of each form and dtype; if compiling fails, the call runs op by op and one
   warning says why.
-- ``"triton"``: the generated Triton kernels (numeric/kernels.py), on CUDA; on a CPU only
+- ``"triton"``: the generated Triton kernels (numeric/triton_backend.py), on CUDA; on a CPU only
   through Triton's interpreter (TRITON_INTERPRET=1).
 
 ``choose(x)`` picks one per call. Under ``"auto"`` (the default; ``set_backend`` or the
@@ -42,9 +42,9 @@ from functools import cache
 
 import torch
 
-from . import kernels
+from . import triton_backend
 from ._switch import Switch
-from .generated import layers as G
+from .generated import torch_forms as G
 
 BACKEND = Switch("backend", ("auto", "triton", "fused", "torch"), "DYNORM_BACKEND", "auto")
 #: CPU inputs with at least this many elements run fused under "auto" (below, a compiled
@@ -87,13 +87,13 @@ def choose(x: torch.Tensor) -> str:
         return "torch"
     if torch.compiler.is_compiling():   # it fuses CPU code itself; Triton stays one op
         if want == "triton":
-            kernels.check_device(x)
+            triton_backend.check_device(x)
             return "triton"
         return "triton" if want == "auto" and x.device.type == "cuda" else "torch"
     if _transformed(x):
         return "torch"
     if want == "triton" or (want == "auto" and x.device.type == "cuda" and _triton_installed()):
-        kernels.check_device(x)
+        triton_backend.check_device(x)
         return "triton"
     if want == "fused":
         if x.device.type != "cpu":
@@ -273,7 +273,7 @@ def fused_backward(code, grad, x, scalars, weight):
 
 # -- the table ------------------------------------------------------------------------------
 
-#: backend -> (forward, backward); the Triton backend's are numeric/kernels.py's launches.
+#: backend -> (forward, backward); the Triton backend's are numeric/triton_backend.py's launches.
 RUN = {"torch": (torch_forward, torch_backward),
        "fused": (fused_forward, fused_backward),
-       "triton": (kernels.forward, kernels.backward)}
+       "triton": (triton_backend.forward, triton_backend.backward)}

@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 from . import functional as F
-from . import kernels
+from . import triton_backend
 from .backends import FUSE_MIN
 from .generated.forms import FORMS
 from .experiments.report import save_figure, table_markdown, write_summary, write_table
@@ -424,12 +424,12 @@ def _noop_launches(on: bool):
     fake = SimpleNamespace(KERNELS={form: SimpleNamespace(scalars=len(FORMS[form].scalars), **{
         role: _NoopKernel(f"{form}_{role}", launched) for role in ("forward", "backward", "sums")})
         for form in FORMS})
-    saved = kernels.check_device, kernels._kernels
-    kernels.check_device, kernels._kernels = (lambda x: None), (lambda x: fake)
+    saved = triton_backend.check_device, triton_backend._kernels
+    triton_backend.check_device, triton_backend._kernels = (lambda x: None), (lambda x: fake)
     try:
         yield launched
     finally:
-        kernels.check_device, kernels._kernels = saved
+        triton_backend.check_device, triton_backend._kernels = saved
 
 
 LATENCY_HEADER = ["impl", "layer", "shape", "dtype", "mode", "time_us", "ratio_vs_eager"]

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as TF
 
-from . import layers
+from . import modules
 
 #: device -> the stack's size, dtype and repetitions.
 MODEL_SIZES = {
@@ -50,8 +50,8 @@ def _liger_dyt():
 #: norm name -> a factory of one norm layer over d channels (None: not available here).
 NORMS = {
     "rmsnorm": lambda d: nn.RMSNorm(d, eps=1e-6),
-    "dyt": lambda d: layers.DyT(d),
-    "dyisru": lambda d: layers.DyISRU(d),
+    "dyt": lambda d: modules.DyT(d),
+    "dyisru": lambda d: modules.DyISRU(d),
 }
 
 

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .layers import Derf, DyISRU, DyISRULN, DyT, DyTLN
+from .modules import Derf, DyISRU, DyISRULN, DyT, DyTLN
 
 #: layer class -> its 0-dim parameters given where its curve bends: at |x - centre| = scale.
 #: The grid search runs over a = log(s / scale) and b = (centre - m) / s, s and m the

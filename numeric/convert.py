@@ -32,8 +32,8 @@ from torch import nn
 from torch.nn import functional as tF
 
 from . import calibrate as calibration
-from . import norms
-from .layers import LAYERS
+from . import reference_norms
+from .modules import LAYERS
 
 
 def _norm_parts(m: nn.Module):
@@ -68,8 +68,8 @@ class Norm:
 #: norm class (and its subclasses) -> how to read it (a new norm adds a row).
 KNOWN_NORMS = {nn.LayerNorm: Norm(_norm_parts, _layer_norm, "LayerNorm"),
                nn.RMSNorm: Norm(_norm_parts, _rms_norm, "RMSNorm"),
-               norms.LayerNorm: Norm(_norm_parts, _layer_norm, "LayerNorm"),
-               norms.RMSNorm: Norm(_norm_parts, _rms_norm, "RMSNorm")}
+               reference_norms.LayerNorm: Norm(_norm_parts, _layer_norm, "LayerNorm"),
+               reference_norms.RMSNorm: Norm(_norm_parts, _rms_norm, "RMSNorm")}
 
 #: the forwards that compute a known norm over the last dimension: a norm whose class runs
 #: one of them converts without a probe.

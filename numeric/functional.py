@@ -30,7 +30,7 @@ from torch._functorch.utils import unwrap_dead_wrappers
 from ._autograd import EAGER, EAGER_NORMS, FUNCTIONS, NORMS, TracedFunction, TracedNorm
 from .backends import RUN, choose, compute_dtype, get_backend, set_backend  # noqa: F401
 from .generated.forms import FORMS
-from .generated.layers import CODE
+from .generated.torch_forms import CODE
 
 __all__ = ["dyt", "dyisru", "dyt_ln", "dyisru_ln", "derf", "rms_norm", "layer_norm",
            "set_backend", "get_backend", "compute_dtype"]

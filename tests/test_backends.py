@@ -173,9 +173,9 @@ def test_at_most_three_frames_between_the_module_and_the_generated_code(backend,
     autograd, no Function."""
     from types import SimpleNamespace
 
-    from numeric import kernels as K
+    from numeric import triton_backend as K
     from numeric._autograd import DyTFunction
-    from numeric.generated import layers as G
+    from numeric.generated import torch_forms as G
 
     seen, calls = [], []
 

@@ -17,7 +17,7 @@ from torch import nn
 from derive.testing import assert_close
 import numeric
 from numeric import functional as F
-from numeric.layers import log_beta_bound
+from numeric.modules import log_beta_bound
 from tests import checks
 from tests import strategies as S
 

@@ -51,14 +51,14 @@ def test_bench_quick_writes_tables_and_keeps_half_the_bytes(tmp_path, monkeypatc
 def test_noop_launches_run_the_triton_path_without_its_kernels():
     """The no-op latency row times the Triton backend's own call path down to the launches
     (each seen, with its grid), and afterwards the real kernels are back."""
-    real = bench.kernels._kernels
+    real = bench.triton_backend._kernels
     with bench._noop_launches(True) as launched, checks.backend("triton"):
         x = torch.randn(8, 16, requires_grad=True)
         y = F.dyt(x, 0.5, torch.ones(16))
         y.sum().backward()
     assert [name for name, _ in launched] == ["dyt_forward", "dyt_backward", "dyt_sums"]
     assert y.shape == x.grad.shape == (8, 16)
-    assert bench.kernels._kernels is real
+    assert bench.triton_backend._kernels is real
 
 
 def test_model_config_times_every_norm_in_the_stack_and_alone(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from torch import nn
 
 import numeric
 from numeric import calibrate
-from numeric.layers import LAYERS
+from numeric.modules import LAYERS
 
 C = 16
 

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from derive.testing import assert_close
 import numeric
-from numeric.layers import LAYERS
+from numeric.modules import LAYERS
 from tests import strategies as S
 
 #: where the placement tests run: the meta device (no values) and the devices of S.DEVICES

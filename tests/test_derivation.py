@@ -7,7 +7,7 @@ import mpmath
 import pytest
 import sympy as sp
 
-from derive import NAMES, DerivationError, catalog, norms, result
+from derive import NAMES, DerivationError, catalog, normalizations, result
 from derive.procedure import Counterparts
 from derive.steps import Step, check, equal
 from derive.symbols import C, Q, S, beta, epsilon, gamma, sigma, x, y
@@ -129,7 +129,7 @@ def test_a_false_obligation_raises_naming_the_step():
 
 def test_breaking_a_real_step_stops_the_derivation(monkeypatch):
     """Reading DyT's gamma off as C instead of sqrt(C) must fail, naming the step."""
-    cp = Counterparts(norms.definition("rmsnorm"))   # a fresh one: nothing cached is touched
+    cp = Counterparts(normalizations.definition("rmsnorm"))   # a fresh one: nothing cached is touched
     form, params = cp._read_off
     monkeypatch.setitem(cp.__dict__, "_read_off", (form, {**params, gamma: C}))
     with pytest.raises(DerivationError, match="identify_parameters"):
@@ -138,7 +138,7 @@ def test_breaking_a_real_step_stops_the_derivation(monkeypatch):
 
 def test_breaking_the_jacobian_fails_the_explicit_check():
     """A wrong diagonal entry (1 - y^2) / sigma (C dropped) fails against Matrix.jacobian."""
-    cp = Counterparts(norms.definition("rmsnorm"))
+    cp = Counterparts(normalizations.definition("rmsnorm"))
     wrong = cp._jacobian_explicit((1 - y**2) / sigma, True, 3)
     assert not wrong.exact() and not wrong.numeric()
     assert cp._jacobian_explicit(result("rmsnorm_jacobian_diag").expr, True, 3).exact()

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import numeric
-from numeric.layers import LAYERS
+from numeric.modules import LAYERS
 from numeric.distributed import replicated_scalars
 
 WORLD = 2

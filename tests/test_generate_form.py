@@ -217,7 +217,7 @@ def test_out_dash_writes_the_same_module_to_stdout(generated, capsys):
 
 
 def test_made_by_the_rules_of_the_built_in_forms(generated):
-    """sech2 for the derivative (1/cosh^2, never 1 - tanh^2), as in layers.py."""
+    """sech2 for the derivative (1/cosh^2, never 1 - tanh^2), as in numeric/generated/torch_forms.py."""
     path, _ = generated
     printed = path.read_text().split("# -- the autograd shell")[0]
     code = re.sub(r'"""(.*?)"""', "", printed, flags=re.S)

@@ -42,7 +42,7 @@ def _imports(path: Path) -> set[str]:
     return out
 
 
-@pytest.mark.parametrize("code", ["import numeric", "import numeric.functional, numeric.layers",
+@pytest.mark.parametrize("code", ["import numeric", "import numeric.functional, numeric.modules",
                                   "import numeric; numeric.DyISRU(4)"])
 def test_numeric_never_loads_sympy(code):
     assert "sympy" not in _loaded(code)

@@ -1,4 +1,4 @@
-"""The Triton kernels (numeric.kernels): the catalog's formulas, deterministic, compilable.
+"""The Triton kernels (numeric.triton_backend): the catalog's formulas, deterministic, compilable.
 
 Without CUDA the kernels run on CPU tensors through Triton's interpreter: conftest.py sets
 TRITON_INTERPRET=1 before anything imports triton. With CUDA they run compiled on the GPU
@@ -22,14 +22,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-import numeric.kernels as K
+import numeric.triton_backend as K
 from numeric import functional as F
 from tests import checks
 from tests import reference as R
 from tests import strategies as S
 
 ROOT = Path(__file__).resolve().parent.parent
-KERNELS = ROOT / "numeric" / "generated" / "kernels.py"
+KERNELS = ROOT / "numeric" / "generated" / "triton_kernels.py"
 FORMS = S.FORMS
 #: The kernels compute in float32: float64 always takes the PyTorch path (tested apart).
 DTYPE_PAIRS = [p for p in S.DTYPE_PAIRS if p[0] != torch.float64]
@@ -188,13 +188,13 @@ def test_interpreter_set_too_late_is_a_clear_error():
 
 
 def test_import_is_light():
-    """Importing numeric and numeric.kernels loads neither triton nor SymPy; auto on CPU
+    """Importing numeric and numeric.triton_backend loads neither triton nor SymPy; auto on CPU
     launches nothing, so the generated kernels stay unloaded. (Calling any torch custom op
     imports torch._dynamo, which imports both where installed: torch's doing.)"""
-    code = ("import sys, torch, numeric, numeric.kernels as K\n"
+    code = ("import sys, torch, numeric, numeric.triton_backend as K\n"
             "print('triton' in sys.modules, 'sympy' in sys.modules)\n"
             "numeric.functional.dyt(torch.randn(2, 3), 0.5, torch.ones(3))\n"
-            "print('numeric.generated.kernels' in sys.modules)")
+            "print('numeric.generated.triton_kernels' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "DYNORM_BACKEND")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env, cwd=ROOT).stdout.split()

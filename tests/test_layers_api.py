@@ -286,7 +286,7 @@ def test_ddp_wraps_and_trains(tmp_path, device):
 
 def test_every_generated_form_has_a_layer_a_function_and_a_converter_target():
     from numeric._autograd import FUNCTIONS
-    from numeric.layers import LAYERS as BY_FORM
+    from numeric.modules import LAYERS as BY_FORM
     from numeric.generated.forms import FORMS
 
     assert set(FUNCTIONS) == set(BY_FORM) == set(FORMS)

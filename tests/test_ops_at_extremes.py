@@ -1,7 +1,7 @@
 """Each torch op the generated op-by-op code calls, and the generated modules' own hypot,
 at its compute dtypes' extremes, on every device present, against mpmath.
 
-The op-by-op code (numeric/generated/layers.py and norms.py) computes in float32 or float64
+The op-by-op code (numeric/generated/torch_forms.py and norm_vjps.py) computes in float32 or float64
 with torch's own ops, so it is exact over the whole range only where each op is on that
 device. torch.hypot in float64 on CUDA gave DyISRU's output 0 for x = -1.8e308 (hypot next to
 the largest double); the generated code's ``hypot`` runs torch.hypot on a CPU only and
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from derive.testing import assert_close
-from numeric.generated import layers as G
+from numeric.generated import torch_forms as G
 from tests import strategies as S
 
 GENERATED = Path(__file__).resolve().parent.parent / "numeric" / "generated"
@@ -63,7 +63,7 @@ def _negzero(b) -> bool:
 def _ops() -> set[str]:
     """The torch ops the op-by-op functions call (the fused variants are compiled code)."""
     ops = set()
-    for path in ("layers.py", "norms.py"):
+    for path in ("torch_forms.py", "norm_vjps.py"):
         for fn in re.split(r"\ndef ", (GENERATED / path).read_text())[1:]:
             if "_fused_" not in fn.split("(")[0]:
                 ops |= set(re.findall(r"torch\.(\w+)\(", fn))

@@ -12,7 +12,7 @@ import mpmath
 import pytest
 import sympy as sp
 
-from derive import NAMES, counterparts, norms, result
+from derive import NAMES, counterparts, normalizations, result
 from derive.cli import main
 from derive.symbols import (C, R, S, alpha, beta, epsilon, g, gamma, mu, p, parse, s, sigma, x,
                             y, y_k)
@@ -103,7 +103,7 @@ def _value(e, at):
 @pytest.mark.parametrize("name", CASES)
 def test_general_c_jacobian_matches_mpmath_diff(name):
     """The general-C entries at C = 7 (beyond the sizes SymPy checked) against mpmath.diff."""
-    cp = counterparts(norms.definition(name))
+    cp = counterparts(normalizations.definition(name))
     with mpmath.workdps(30):
         v = _vector(7, 11)
         out = _mp_norm(name, v)
@@ -116,7 +116,7 @@ def test_general_c_jacobian_matches_mpmath_diff(name):
 
 @pytest.mark.parametrize("name", CASES)
 def test_function_space_with_exact_params_is_the_norm(name):
-    cp = counterparts(norms.definition(name))
+    cp = counterparts(normalizations.definition(name))
     with mpmath.workdps(30):
         v = [sp.Rational(k * 37 % 23 - 11, 7) for k in range(6)]
         out = _mp_norm(name, [mpmath.mpf(t) for t in v])
@@ -131,7 +131,7 @@ def test_function_space_with_exact_params_is_the_norm(name):
 def test_derivative_space_solves_the_frozen_ode_numerically(name):
     """mpmath.odefun integrates dy/dx = F(y) from y(shift) = 0; the closed form (or the
     implicit relation) must agree on both sides of the shift."""
-    cp = counterparts(norms.definition(name))
+    cp = counterparts(normalizations.definition(name))
     frozen = {sigma: mpmath.mpf("0.8"), s: mpmath.mpf("0.8"), mu: mpmath.mpf("0.3"), C: 6}
     x0 = float(cp.shift.subs(frozen))
     F = sp.lambdify(y, cp.jacobian_diag.subs(CONSTANTS).subs(frozen), "mpmath")
@@ -156,19 +156,19 @@ def _same(a, b) -> bool:
 
 
 def test_the_p_norm_family_is_what_math_md_states():
-    general = counterparts(norms.definition("pnorm"))
+    general = counterparts(normalizations.definition("pnorm"))
     assert _same(general.jacobian_diag, (1 - sp.Abs(y) ** p / C) / sigma)
     assert _same(general.function_space, C ** (1 / p) * x / (beta + sp.Abs(x) ** p) ** (1 / p))
     assert general.function_space_params == {beta: R + C * epsilon}
     assert general.derivative_space is None      # general p: function space only
 
-    one = counterparts(norms.definition("pnorm1"))
+    one = counterparts(normalizations.definition("pnorm1"))
     want = C * sp.sign(x) * (1 - sp.exp(-sp.Abs(x) / (C * sigma)))
     for xv in (sp.Rational(-7, 3), sp.Rational(5, 2)):   # sign and |x| on each side
         assert _same(one.derivative_space.subs(x, xv), want.subs(x, xv))
     assert one.derivative_space_params == {alpha: 1 / (C * sigma), gamma: C}
 
-    four = counterparts(norms.definition("pnorm4"))
+    four = counterparts(normalizations.definition("pnorm4"))
     assert four.derivative_space is None
     a = C ** sp.Rational(1, 4)
     rel = four.derivative_space_implicit
@@ -176,7 +176,7 @@ def test_the_p_norm_family_is_what_math_md_states():
 
 
 def test_scalenorm_is_what_math_md_states():
-    cp = counterparts(norms.definition("scalenorm"))
+    cp = counterparts(normalizations.definition("scalenorm"))
     assert _same(cp.function_space, g * x / sp.sqrt(beta + x**2))
     assert cp.function_space_params == {beta: S}        # S: the other channels' squares
     assert _same(cp.derivative_space, g * sp.tanh(x / (g * sigma)))
@@ -207,7 +207,7 @@ def test_sympy_input_is_the_text_and_rmsnorm_gives_the_catalog():
 
 
 def test_exact_params_names_what_it_lacks():
-    cp = counterparts(norms.definition("rmsnorm"))
+    cp = counterparts(normalizations.definition("rmsnorm"))
     with pytest.raises(ValueError, match="i must index values"):
         cp.exact_params([1, 2, 3], 3)
     with pytest.raises(ValueError, match="needs a value for epsilon"):

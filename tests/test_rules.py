@@ -91,7 +91,7 @@ def test_a_users_isru_gets_what_the_catalogs_dyisru_gets():
     function (forward, derivatives, jvp, hvp) as the catalog's DyISRU has it."""
     import sympy as sp
 
-    from derive.layers import FORMS, Form, layer_functions
+    from derive.forms import FORMS, Form, layer_functions
     from derive.symbols import beta, x
     mine = layer_functions(Form.of("isru", x / sp.sqrt(beta + x**2)))
     built_in = layer_functions(FORMS["dyisru"])

@@ -5,7 +5,7 @@ vector-Jacobian product of the derived Jacobian (diagonal and off-diagonal entri
 """
 import torch
 
-from .layers import hypot
+from .torch_forms import hypot
 
 __all__ = ["rmsnorm_forward", "rmsnorm_backward", "layernorm_forward", "layernorm_backward"]
 

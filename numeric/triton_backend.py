@@ -2,7 +2,7 @@
 
 numeric.backends runs these for CUDA tensors (and, with set_backend("triton"), for CPU
 tensors through Triton's interpreter, TRITON_INTERPRET=1), given a form's row of the
-generated table (numeric.generated.layers.CODE):
+generated table (numeric.generated.torch_forms.CODE):
 
     forward(code, x, scalars, weight, bias) -> y
     backward(code, grad, x, scalars, weight) -> (grad_x, [grad of each scalar],
@@ -15,7 +15,7 @@ which the graph shows as one node each, shapes from their fake kernels:
 alpha, weight) -> (grad_x, grad_alpha, grad_weight, grad_bias)``, and so on per form; each
 gradient in its input's dtype (grad_bias in the weight's), the parameters' summed in float64.
 
-The kernels (numeric/generated/kernels.py) load each tensor in its own dtype, compute in
+The kernels (numeric/generated/triton_kernels.py) load each tensor in its own dtype, compute in
 float32, clamp x to float32's finite range and store in the output's dtype. The forward is
 one launch of (BLOCK_R, BLOCK_C) tiles. The backward recomputes from x and sums the
 parameters' gradients in two deterministic stages without atomics: per row program in
@@ -33,7 +33,7 @@ import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
 from .generated.forms import FORMS
-from .generated.layers import CODE
+from .generated.torch_forms import CODE
 
 
 #: Forward: elements per program (a (BLOCK_R, BLOCK_C) tile) and its widest BLOCK_C.
@@ -65,7 +65,7 @@ def check_device(x: torch.Tensor) -> None:
 
 def _kernels(x: torch.Tensor):
     """The generated kernels module (importing triton: only here, at the first launch)."""
-    from .generated import kernels
+    from .generated import triton_kernels as kernels
 
     if x.device.type == "cpu":
         import triton.language as tl
@@ -74,7 +74,7 @@ def _kernels(x: torch.Tensor):
                 "InterpretedFunction"}:
             raise RuntimeError(
                 "Triton's interpreter needs TRITON_INTERPRET=1 before triton (or "
-                "numeric.generated.kernels) is first imported; it was set later")
+                "numeric.generated.triton_kernels) is first imported; it was set later")
     return kernels
 
 

@@ -1,5 +1,5 @@
 """Reference RMSNorm and LayerNorm whose forward and backward are generated from the
-derived Jacobians (numeric/generated/norms.py). They match torch.nn.RMSNorm and
+derived Jacobians (numeric/generated/norm_vjps.py). They match torch.nn.RMSNorm and
 torch.nn.LayerNorm, which checks the Jacobians against an implementation written elsewhere.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from torch import nn
 
 from . import functional as F
 from .functional import check_eps
-from .layers import check_size
+from .modules import check_size
 
 
 class _Norm(nn.Module):

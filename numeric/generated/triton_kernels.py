@@ -6,7 +6,7 @@ Forward, backward and the backward's second stage per form, printed from the cat
 expressions and their derivatives (derive/kernelgen.py). Core tl math only (exp, sqrt,
 abs, where, maximum, minimum): they run in Triton's interpreter (TRITON_INTERPRET=1) as
 on a GPU. Compute in float32 (the second stage's sums in float64); load and store in the
-tensors' own dtypes. numeric/kernels.py launches them.
+tensors' own dtypes. numeric/triton_backend.py launches them.
 """
 from typing import NamedTuple
 

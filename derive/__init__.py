@@ -19,7 +19,9 @@ The flow, module by module:
    backward, jvp, hvp), ``vjp`` (the reference norms' backward);
 5. rules: ``rules`` (the named rewrites in their rule sets, each proven);
 6. printers: ``printers`` (SymPy to torch and to Triton, on one base);
-7. emitters: ``codegen`` (numeric/generated/*.py), ``kernelgen`` (the Triton kernels),
+7. emitters: ``codegen`` (numeric/generated/*.py), ``shell`` (the autograd.Functions and the
+   dtype policy around the printed functions, for numeric's forms and a user's), ``kernelgen``
+   (the Triton kernels),
    ``formgen`` (a module for a user's formula), ``generate`` (writes and checks them all),
    ``render`` and ``export`` (the derivations as text, LaTeX and JSON), ``cli``.
 

@@ -12,6 +12,7 @@ import sympy as sp
 
 from .catalog import result
 from .forms import FORMS, Form, Function, layer_functions, layer_step
+from . import shell
 from .printers import torch_code
 from .rules import (FUSED_RULES, FUSED_WIDE_RULES, TORCH_RULES, Rewritten, applies,
                     template_rewrite)
@@ -238,7 +239,8 @@ def layers_module() -> str:
         "forward_nobias, backward (first derivatives), jvp (the forward-mode product) and hvp\n"
         "(second derivatives along a direction); and fused_forward, fused_backward for\n"
         "torch.compile (the kernel rules, the dtype policy and the sums printed in).\n"
-        "numeric/_autograd.py wraps each form in an autograd.Function that saves x only;\n"
+        "numeric/generated/functions.py wraps each form in an autograd.Function that saves\n"
+        "x only; "
         "``CODE`` holds each form's functions.\n", fns,
         tail=code_table(), imports="from typing import Callable, NamedTuple\n")
 
@@ -266,9 +268,65 @@ def forms_module() -> str:
             f"    catalog: str\n\n\nFORMS = {{\n{rows}\n}}\n")
 
 
+def shell_module() -> str:
+    """The dtype policy and the op-by-op backend, from derive/shell.py's POLICY."""
+    names = ", ".join(f'"{n}"' for n in shell.POLICY_NAMES)
+    return (f'{BANNER}"""The dtype policy of the layer forms and their op-by-op backend, printed '
+            "from\nderive/shell.py (POLICY), the source the module of `dynorm generate "
+            '--form` is printed\nfrom too.\n"""\nimport torch\n\n'
+            f"__all__ = [{names}]\n\n\n{shell.POLICY}")
+
+
+def functions_module() -> str:
+    """One autograd.Function per form (and its backward's, and the traced one), printed
+    from derive/shell.py's AUTOGRAD and FORM around the generated functions."""
+    classes = "\n\n".join(
+        shell.functions(name, form.camel, form.camel, sp.sstr(layer_step(name).expr),
+                        [p.name for p in form.params])
+        for name, form in FORMS.items())
+    table = "".join(f'    "{name}": {form.camel}{{kind}},\n' for name, form in FORMS.items())
+    names = ", ".join(f'"{form.camel}{k}"' for form in FORMS.values()
+                      for k in ("Function", "Backward", "Traced"))
+    return (f'{BANNER}"""One autograd.Function per layer form, with every derivative printed '
+            "from the formula.\n\n"
+            "    numeric.functional.dyt -> DyTFunction.apply -> the backend for the tensor's "
+            "device\n"
+            "                              (numeric/backends.py: Triton, fused or op by op)\n\n"
+            "Each <Form>Function computes y = weight * f(x; scalars) + bias. It saves x and the\n"
+            "parameters only (the backward recomputes), applies the dtype policy once "
+            "(compute in\nfloat32, float64 for float64, return x's dtype; each parameter's "
+            "gradient in its own\ndtype), and supports every mode of autograd:\n\n"
+            "- backward: the printed first derivatives, through the backend;\n"
+            "- double backward (create_graph=True, gradient penalties, Hessian-vector "
+            "products,\n  torch.func.grad of grad): the backward is itself a Function, "
+            "<Form>Backward, whose\n  backward is the printed second derivatives and the "
+            "printed forward-mode product,\n  op by op on every device (the Triton and fused "
+            "backends print first order only); a\n  third order differentiates that op-by-op "
+            "code with autograd;\n"
+            "- forward mode (torch.func.jvp, jacfwd, hessian): jvp is the printed forward-mode "
+            "product;\n- torch.func.vmap: the rule is generated from the forward (op by op "
+            "under vmap).\n\n<Form>Traced is what torch.compile traces. Printed from "
+            "derive/shell.py (AUTOGRAD, FORM),\nthe source the module of `dynorm generate "
+            '--form` is printed from too.\n"""\nimport torch\n\n'
+            "from ..backends import RUN, choose\n"
+            "from .shell import cast, clamped, compute_dtype, or_zero, sum_like, tamed\n"
+            "from .torch_forms import CODE\n\n"
+            f"__all__ = [{names}, \"FUNCTIONS\", \"TRACED\"]\n\n\n"
+            "def _run(x):\n"
+            '    """The (forward, backward) of the backend that runs x (numeric/backends.py)."""\n'
+            "    return RUN[choose(x)]\n\n\n"
+            f"{shell.AUTOGRAD}\n\n{classes}\n\n"
+            f"#: form -> its Function (eager calls and torch.func's transforms).\n"
+            f"FUNCTIONS = {{\n{table.format(kind='Function')}}}\n"
+            f"#: form -> the Function torch.compile traces.\n"
+            f"TRACED = {{\n{table.format(kind='Traced')}}}\n")
+
+
 def sources() -> dict:
     """Relative path -> renderer of every generated source file."""
     return {"numeric/generated/__init__.py": lambda: BANNER + '"""Generated sources."""\n',
             "numeric/generated/forms.py": forms_module,
             "numeric/generated/torch_forms.py": layers_module,
-            "numeric/generated/norm_vjps.py": norms_module}
+            "numeric/generated/norm_vjps.py": norms_module,
+            "numeric/generated/shell.py": shell_module,
+            "numeric/generated/functions.py": functions_module}

@@ -3,11 +3,12 @@
 The formula f(x; scalars) becomes ``forms.Form.of(NAME, f)``, and from there the path of
 the built-in forms: y = weight * f + bias, its first and second derivatives and its
 forward-mode product, each the symbolic derivative after the numerical-safety and speed
-rules (each application checked), printed by ``TorchPrinter`` after CSE. Around them, a
-fixed shell (``SHELL``): an autograd.Function whose backward is a Function of its own (so
-the double backward runs the printed second derivatives), ``jvp`` for forward mode, a vmap
-rule generated from the forward, the functional ``NAME(x, weight, bias=None, **scalars)``
-and an ``nn.Module``. The file imports torch only.
+rules (each application checked), printed by ``TorchPrinter`` after CSE. Around them, the
+autograd shell numeric's own forms are printed with (``derive.shell``: the dtype policy, an
+autograd.Function whose backward is a Function of its own, so that the double backward runs
+the printed second derivatives, ``jvp`` for forward mode, a vmap rule generated from the
+forward, the Function torch.compile traces), then (``SHELL``) the functional
+``NAME(x, weight, bias=None, *, scalars)`` and an ``nn.Module``. The file imports torch only.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ import sympy as sp
 
 from .codegen import emit, hypot_prelude, torch_functions, uses_hypot
 from .formula import FormulaError, identifier, parse
-from .forms import Form, Function
+from . import shell
+from .forms import Form, Function, camel
 from .parser import parse as parse_names
 from .printers import UnsupportedNode
 from .steps import bounded
@@ -41,10 +43,11 @@ MAX_NESTING = 12
 
 #: Names a scalar may not take: the layer's own arguments and outputs, the printed code's
 #: temporaries (the rules' h, q, p, u, e, d, sg, hmax, hmin, hratio; the shift's z; CSE's
-#: t0, s0, ...), torch, and every attribute of torch.nn.Module (the scalars are attributes
-#: of the module). Names ending in _t or _v are the printed tangents.
+#: t0, s0, ...), the functions they call (torch, hypot), and every attribute of
+#: torch.nn.Module (the scalars are attributes of the module). Names ending in _t or _v are
+#: the printed tangents.
 RESERVED = frozenset({
-    "x", "y", "weight", "bias", "grad", "torch", "dtype", "z",
+    "x", "y", "weight", "bias", "grad", "torch", "dtype", "z", "hypot", "hypot_minmax",
     "h", "q", "p", "u", "e", "d", "sg", "hmax", "hmin", "hratio",
     "training", "normalized_shape", "inits", "reset_parameters",
     "T_destination", "add_module", "apply", "bfloat16", "buffers", "call_super_init",
@@ -60,11 +63,6 @@ RESERVED = frozenset({
     "share_memory", "state_dict", "to", "to_empty", "train", "type", "xpu", "zero_grad",
 })
 _GENERATED_NAME = re.compile(r"^([st]\d+|.*_[tv]|grad_.*|h_.*)$")
-
-
-def camel(name: str) -> str:
-    """The module's class name: tanh_a -> TanhA."""
-    return "".join(part[:1].upper() + part[1:] for part in name.split("_"))
 
 
 def _check_names(name: str, form: Form) -> None:
@@ -204,6 +202,9 @@ def generate(name: str, formula, inits: dict[str, float] | None = None,
             "INITS", *(fn.name for fn in functions))),
         "functions": "\n\n".join([*((hypot_prelude(),) if uses_hypot(code) else ()), code]),
         "params": _keywords(scalars),
+        "policy": shell.POLICY, "autograd": shell.AUTOGRAD,
+        "functions_classes": shell.functions(name, camel(name), name, f"weight * ({formula_text}) + bias",
+                                             scalars),
         "values": "{" + ", ".join(f'"{s}": {s}' for s in scalars) + "}",
     }
     return Generated(string.Template(SHELL).substitute(fields), fields["signature"],
@@ -230,6 +231,7 @@ mode (torch.func.jvp, jacfwd, hessian) and torch.func.vmap.
 """
 import math
 import numbers
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -243,172 +245,32 @@ INITS = $inits
 
 $functions
 
-# -- the autograd shell ---------------------------------------------------------------------
+# -- the autograd shell (printed from dynorm's derive/shell.py, as its own layers') -------
 
-def _compute_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _cast(t, dtype):
-    """t in dtype, t itself where it already is (torch 2.11's dynamo zeroes every gradient
-    of a Function whose forward returns a no-op .to())."""
-    return t if t.dtype == dtype else t.to(dtype)
-
-
-def _clamped(x):
-    """x in the compute dtype, clamped to its finite range (+-inf saturates)."""
-    ct = _compute_dtype(x.dtype)
-    big = torch.finfo(ct).max
-    return x.to(ct).clamp(-big, big)
+class Code(NamedTuple):
+    """The printed functions, by role."""
+    forward: Callable
+    forward_nobias: Callable
+    backward: Callable
+    jvp: Callable
+    hvp: Callable
 
 
-def _tamed(x):
-    """x clamped to sqrt(finfo.max)/256, where a second derivative that multiplies an
-    overflowed product by an underflowed factor (inf * 0) is evaluated again."""
-    ct = _compute_dtype(x.dtype)
-    big = torch.finfo(ct).max ** 0.5 / 256
-    return x.to(ct).clamp(-big, big)
+#: form -> its printed functions.
+CODE = {"$name": Code(${name}_forward, ${name}_forward_nobias, ${name}_backward, ${name}_jvp,
+                      ${name}_hvp)}
 
 
-def _or_zero(t, x):
-    """A tangent or cotangent in the compute dtype; None is a 0-dim zero."""
-    ct = _compute_dtype(x.dtype)
-    return torch.zeros((), dtype=ct, device=x.device) if t is None else t.to(ct)
+$policy
+
+def _run(x):
+    """The (forward, backward) that run x: op by op."""
+    return torch_forward, torch_backward
 
 
-def _sum_like(g, x, like):
-    """An element-wise term summed to its parameter's shape (0-dim or (C,)) and dtype,
-    with float64 accumulators for float32 terms."""
-    acc = torch.float64 if g.dtype == torch.float32 else g.dtype
-    g = g.expand(x.shape)
-    s = g.sum(dtype=acc) if like.dim() == 0 else g.reshape(-1, x.shape[-1]).sum(0, dtype=acc)
-    return s.to(like.dtype)
+$autograd
 
-
-class ${Camel}Function(torch.autograd.Function):
-    """y = weight * ($formula) + bias. apply(x, weight, bias, *scalars), scalars in the
-    order of SCALARS."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x, weight, bias, *scalars):
-        ct = _compute_dtype(x.dtype)
-        args = [t.to(ct) for t in (*scalars, weight)]
-        if bias is None:
-            return _cast(${name}_forward_nobias(_clamped(x), *args), x.dtype)
-        return _cast(${name}_forward(_clamped(x), *args, bias.to(ct)), x.dtype)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, weight, bias, *scalars = inputs
-        ctx.save_for_backward(x, weight, *scalars)
-        ctx.save_for_forward(x, weight, *scalars)
-        ctx.bias_dtype = None if bias is None else bias.dtype
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, *scalars = ctx.saved_tensors
-        gx, gw, gb, *gs = ${Camel}Backward.apply(grad, x, weight, *scalars)
-        need = ctx.needs_input_grad
-        gb = gb.to(ctx.bias_dtype) if ctx.bias_dtype is not None and need[2] else None
-        return (gx if need[0] else None, gw if need[1] else None, gb,
-                *(g if n else None for g, n in zip(gs, need[3:])))
-
-    @staticmethod
-    def jvp(ctx, x_t, weight_t, bias_t, *scalars_t):
-        x, weight, *scalars = ctx.saved_tensors
-        ct = _compute_dtype(x.dtype)
-        args = [t.to(ct) for t in (*scalars, weight)]
-        tangents = [_or_zero(t, x) for t in (x_t, *scalars_t, weight_t)]
-        y_t = ${name}_jvp(_clamped(x), *args, *tangents)
-        if bias_t is not None:
-            y_t = y_t + bias_t.to(ct)
-        return y_t.expand(x.shape).to(x.dtype)
-
-
-class ${Camel}Backward(torch.autograd.Function):
-    """The backward of ${Camel}Function as a Function: its forward is the printed first
-    derivatives, its backward and jvp the printed second derivatives.
-
-    apply(grad, x, weight, *scalars) -> (grad_x, grad_weight, grad_bias, *grad_scalars)."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(grad, x, weight, *scalars):
-        ct = _compute_dtype(x.dtype)
-        args = [t.to(ct) for t in (*scalars, weight)]
-        g = grad.to(ct)
-        gx, *gs, gw = ${name}_backward(g, _clamped(x), *args)
-        return (gx.expand(x.shape).to(x.dtype), _sum_like(gw, x, weight),
-                _sum_like(g, x, weight.detach().to(ct)),
-                *(_sum_like(t, x, s) for t, s in zip(gs, scalars)))
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-        ctx.save_for_forward(*inputs)
-
-    @staticmethod
-    def _second(grad, x, weight, scalars, v_x, v_w, v_s):
-        """(h_x, h_weight, [h_scalars]): grad times the second derivatives along (v_x,
-        v_s, v_w), element by element; NaNs of inf * 0 evaluated again at _tamed(x)."""
-        ct = _compute_dtype(x.dtype)
-        args = [grad.to(ct), None, *(t.to(ct) for t in (*scalars, weight)),
-                *(_or_zero(t, x) for t in (v_x, *v_s, v_w))]
-        args[1] = _clamped(x)
-        plain = ${name}_hvp(*args)
-        args[1] = _tamed(x)
-        tamed = ${name}_hvp(*args)
-        h_x, *h_s, h_w = (torch.where(torch.isnan(p), t, p) for p, t in zip(plain, tamed))
-        return h_x, h_w, h_s
-
-    @staticmethod
-    def backward(ctx, c_x, c_w, c_b, *c_s):
-        grad, x, weight, *scalars = ctx.saved_tensors
-        ct = _compute_dtype(x.dtype)
-        h_x, h_w, h_s = ${Camel}Backward._second(grad, x, weight, scalars, c_x, c_w, c_s)
-        args = [t.to(ct) for t in (*scalars, weight)]
-        d_grad = ${name}_jvp(_clamped(x), *args, *(_or_zero(t, x) for t in (c_x, *c_s, c_w)))
-        if c_b is not None:
-            d_grad = d_grad + c_b.to(ct)
-        return (d_grad.expand(x.shape).to(grad.dtype), h_x.expand(x.shape).to(x.dtype),
-                _sum_like(h_w, x, weight), *(_sum_like(h, x, s) for h, s in zip(h_s, scalars)))
-
-    @staticmethod
-    def jvp(ctx, grad_t, x_t, weight_t, *scalars_t):
-        grad, x, weight, *scalars = ctx.saved_tensors
-        ct = _compute_dtype(x.dtype)
-        h_x, h_w, h_s = ${Camel}Backward._second(grad, x, weight, scalars, x_t, weight_t,
-                                                 scalars_t)
-        g_t = _or_zero(grad_t, x).expand(x.shape)
-        args = [t.to(ct) for t in (*scalars, weight)]
-        f_x, *f_s, f_w = ${name}_backward(g_t, _clamped(x), *args)
-        return ((f_x + h_x).expand(x.shape).to(x.dtype), _sum_like(f_w + h_w, x, weight),
-                _sum_like(g_t, x, weight.detach().to(ct)),
-                *(_sum_like(f + h, x, s) for f, h, s in zip(f_s, h_s, scalars)))
-
-
-class ${Camel}Traced(torch.autograd.Function):
-    """What torch.compile traces in place of ${Camel}Function (dynamo supports no custom
-    jvp, nor a backward that is a Function with one): the same forward, and the printed
-    first derivatives as its backward. apply(x, weight, bias, *scalars)."""
-
-    forward = staticmethod(${Camel}Function.forward)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, weight, bias, *scalars = inputs
-        ctx.save_for_backward(x, weight, *scalars)
-        ctx.bias_dtype = None if bias is None else bias.dtype
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, *scalars = ctx.saved_tensors
-        gx, gw, gb, *gs = ${Camel}Backward.forward(grad, x, weight, *scalars)
-        return (gx, gw, None if ctx.bias_dtype is None else gb.to(ctx.bias_dtype), *gs)
-
+$functions_classes
 
 # -- the functional and the module ----------------------------------------------------------
 
@@ -429,7 +291,7 @@ def _scalar(v, what, x):
         return _tensor(v, what, x, ())
     if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
         raise TypeError(f"$name: {what} must be a finite number or a 0-dim tensor, got {v!r}")
-    return torch.tensor(float(v), dtype=_compute_dtype(x.dtype), device=x.device)
+    return torch.tensor(float(v), dtype=compute_dtype(x.dtype), device=x.device)
 
 
 def $name(x, weight, bias=None$params):
@@ -449,7 +311,7 @@ def _apply(x, weight, bias, scalars):
     bias = None if bias is None else _tensor(bias, "bias", x, (C,))
     values = [_scalar(scalars[s], s, x) for s in SCALARS]
     fn = ${Camel}Traced if torch.compiler.is_compiling() else ${Camel}Function
-    return fn.apply(x, weight, bias, *values)
+    return fn.apply(x, *values, weight, bias)
 
 
 class ${Camel}(torch.nn.Module):

@@ -40,6 +40,7 @@ class Form:
     rule: str | None                    # the safety rule its derivatives need, if any
     shift_of: sp.Symbol | None = None   # the catalog symbol that becomes ``shift``
     formula: sp.Expr | None = None      # f(x; scalars) of a form not in the catalog
+    label: str | None = None            # its classes' stem (DyT: DyTFunction), else camel(name)
 
     @classmethod
     def of(cls, name: str, f: sp.Expr) -> "Form":
@@ -66,6 +67,11 @@ class Form:
                 "plus bias.")
 
     @property
+    def camel(self) -> str:
+        """The stem of its classes' names: DyT (DyTFunction, DyTBackward, DyTTraced)."""
+        return self.label or camel(self.name)
+
+    @property
     def shifted(self) -> bool:
         return self.shift_of is not None
 
@@ -83,12 +89,17 @@ class Form:
         return self.scalars + ((shift,) if self.shift_of is not None else ())
 
 
+def camel(name: str) -> str:
+    """A class name's stem from a form's name: tanh_a -> TanhA."""
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_"))
+
+
 FORMS: dict[str, Form] = {
-    "dyt": Form("dyt", (alpha,), "sech2"),
-    "dyisru": Form("dyisru", (beta,), "isru_hypot"),
-    "dyt_ln": Form("dyt_ln", (alpha,), "sech2", mu),
-    "dyisru_ln": Form("dyisru_ln", (beta,), "isru_hypot", m),
-    "derf": Form("derf", (alpha, shift), None),
+    "dyt": Form("dyt", (alpha,), "sech2", label="DyT"),
+    "dyisru": Form("dyisru", (beta,), "isru_hypot", label="DyISRU"),
+    "dyt_ln": Form("dyt_ln", (alpha,), "sech2", mu, label="DyTLN"),
+    "dyisru_ln": Form("dyisru_ln", (beta,), "isru_hypot", m, label="DyISRULN"),
+    "derf": Form("derf", (alpha, shift), None, label="Derf"),
 }
 
 

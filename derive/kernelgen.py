@@ -6,7 +6,7 @@ interpreter cannot run (tanh, 1/cosh^2, hypot) by core ``tl`` math, each applica
 checked, and ``TritonPrinter`` prints the bodies after CSE. Only the skeleton around a
 body (pointers, masks, loads, stores, the reduction) is written here, once for all forms.
 
-Dtype policy (as numeric/_autograd.py): load in the tensor's dtype, compute in float32,
+Dtype policy (as derive/shell.py's): load in the tensor's dtype, compute in float32,
 store in the output's dtype; x is clamped to float32's finite range first, so +-inf
 saturates (zero gradient) and a NaN stays a NaN in its own element.
 

@@ -44,10 +44,17 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from . import cache as _cache
+from . import shell as _shell
 from . import forms, symbols
 from .catalog import NAMES
 from .formula import FormulaError, parse
 from .symbols import x
+
+#: Before any comparison: one single-threaded call of each of torch's CPU math functions, the
+#: same warm-up numeric's code runs at import (derive/shell.py, WARM_UP): an implementation
+#: under test whose first tanh splits across threads could otherwise get MKL's low-accuracy
+#: kernel in one thread's chunk (pytorch/pytorch#188792) and fail for a fault not its own.
+exec(_shell.WARM_UP, {"torch": torch})  # noqa: S102 - the project's own source, not user text
 
 __all__ = ["assert_matches", "assert_close", "Mismatch", "Unchecked", "Tol", "TOLERANCES",
            "TORCH_TOLERANCES", "STANDARDS", "DTYPES", "evaluate", "spec", "sweep_values",

@@ -16,9 +16,10 @@ at least as accurate as eager float32 (the caller casts each to its parameter's 
 Scalars and weight arrive in their own dtypes (float32 parameters under bfloat16
 autocast, say).
 
-- ``"torch"``: the generated PyTorch code op by op (numeric/generated/torch_forms.py); on a CPU,
-  inputs of more than ``BLOCK_ELEMENTS`` go through in blocks of rows, whose temporaries
-  stay in cache.
+- ``"torch"``: the generated PyTorch code op by op (numeric/generated/torch_forms.py) through
+  ``torch_forward`` and ``torch_backward`` (numeric/generated/shell.py, printed from
+  derive/shell.py with the dtype policy); on a CPU, inputs of more than ``BLOCK_ELEMENTS``
+  go through in blocks of rows, whose temporaries stay in cache.
 - ``"fused"``: the generated ``*_fused_*`` variants (dtype policy and sums printed in)
   through torch.compile (inductor): one loop forward; one backward loop computes grad_x,
   the scalars' sums and the weight's term, which torch sums over the rows. Compiled on the
@@ -44,16 +45,13 @@ import torch
 
 from . import triton_backend
 from ._switch import Switch
-from .generated import torch_forms as G
+from .generated.shell import (  # noqa: F401 - BLOCK_ELEMENTS, compute_dtype: numeric's API
+    BLOCK_ELEMENTS, cast, compute_dtype, in_compute, torch_backward, torch_forward)
 
 BACKEND = Switch("backend", ("auto", "triton", "fused", "torch"), "DYNORM_BACKEND", "auto")
 #: CPU inputs with at least this many elements run fused under "auto" (below, a compiled
 #: call's overhead is more than it saves).
 FUSE_MIN = 1 << 16
-#: Op by op on a CPU, inputs of more elements go through in blocks of rows of about this
-#: many: each op's temporaries are then 1 MiB (float32) and reused in cache, instead of a
-#: new 16 MiB tensor per op at (4096, 1024), whose first touch costs more than the op.
-BLOCK_ELEMENTS = 1 << 18
 
 
 def set_backend(name: str) -> str:
@@ -63,11 +61,6 @@ def set_backend(name: str) -> str:
 
 def get_backend() -> str:
     return BACKEND.value
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; every other float computes in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @cache
@@ -103,76 +96,6 @@ def choose(x: torch.Tensor) -> str:
     if want == "auto" and x.device.type == "cpu" and x.numel() >= FUSE_MIN:
         return "fused"
     return "torch"
-
-
-def cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """t in dtype, and t itself where it already is: torch 2.11's dynamo gives an
-    autograd.Function whose forward returns a no-op ``.to()`` zero gradients (every input's,
-    under torch.compile; tests/test_compile.py)."""
-    return t if t.dtype == dtype else t.to(dtype)
-
-
-def _clamped(x: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
-    big = torch.finfo(ct).max
-    return x.to(ct).clamp(-big, big)
-
-
-def _in(ct, tensors):
-    """The parameters in the compute dtype (the backends run without grad: values only)."""
-    return [None if t is None else cast(t, ct) for t in tensors]
-
-
-def _blocks(x: torch.Tensor):
-    """Slices of rows of x as (rows, C) when x is worth splitting (a large CPU input op by
-    op, outside torch.compile), else None."""
-    if (torch.compiler.is_compiling() or x.dim() == 0 or x.device.type != "cpu"
-            or x.numel() <= BLOCK_ELEMENTS):   # traced: no guard on the size
-        return None
-    rows, C = x.numel() // x.shape[-1], x.shape[-1]
-    step = max(1, BLOCK_ELEMENTS // max(C, 1))
-    return [slice(i, i + step) for i in range(0, rows, step)]
-
-
-# -- op by op ------------------------------------------------------------------------------
-
-def torch_forward(code, x, scalars, weight, bias):
-    ct = compute_dtype(x.dtype)
-    *ps, w, b = _in(ct, (*scalars, weight, bias))
-    fn, args = (code.forward_nobias, (*ps, w)) if b is None else (code.forward, (*ps, w, b))
-    blocks = _blocks(x)
-    if blocks is None:
-        return cast(fn(_clamped(x, ct), *args), x.dtype)
-    x2 = x.reshape(-1, x.shape[-1])
-    y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
-    for rows in blocks:
-        y[rows] = fn(_clamped(x2[rows], ct), *args)
-    return y.view(x.shape)
-
-
-def torch_backward(code, grad, x, scalars, weight):
-    """The scalars' gradients are summed in float64; the weight's and bias's over the rows
-    in the compute dtype, as eager autograd does, then (a large input's row blocks) in
-    float64."""
-    ct = compute_dtype(x.dtype)
-    *ps, w = _in(ct, (*scalars, weight))
-    C = x.shape[-1]
-    blocks = _blocks(x)
-    if blocks is None:
-        x2, g = x.reshape(-1, C), cast(grad.reshape(-1, C), ct)
-        bx, *bs, bw = code.backward(g, _clamped(x2, ct), *ps, w)
-        return (cast(bx, x.dtype).reshape(x.shape), [t.sum(dtype=torch.float64) for t in bs],
-                bw.sum(0), g.sum(0))
-    x2, g2 = x.reshape(-1, C), grad.reshape(-1, C)
-    gx = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
-    sums = None
-    for rows in blocks:
-        g = cast(g2[rows], ct)
-        gx[rows], *bs, bw = code.backward(g, _clamped(x2[rows], ct), *ps, w)
-        part = [*(t.sum(dtype=torch.float64) for t in bs), bw.sum(0, dtype=torch.float64),
-                g.sum(0, dtype=torch.float64)]
-        sums = part if sums is None else [s + p for s, p in zip(sums, part)]
-    *gs, gw, gb = sums
-    return gx.reshape(x.shape), gs, gw, gb
 
 
 # -- fused (torch.compile) ------------------------------------------------------------------
@@ -251,7 +174,7 @@ _FUSION_BROKEN: list[str] = []
 def fused_forward(code, x, scalars, weight, bias):
     if _FUSION_BROKEN:
         return torch_forward(code, x, scalars, weight, bias)
-    *ps, w = _in(torch.float32, (*scalars, weight))
+    *ps, w = in_compute(torch.float32, (*scalars, weight))
     b = torch.zeros_like(w) if bias is None else bias.detach().to(torch.float32)
     try:
         return _compiled(code, "forward")(_rows(x), *ps, w, b).view(x.shape)
@@ -262,7 +185,7 @@ def fused_forward(code, x, scalars, weight, bias):
 def fused_backward(code, grad, x, scalars, weight):
     if _FUSION_BROKEN:
         return torch_backward(code, grad, x, scalars, weight)
-    *ps, w = _in(torch.float32, (*scalars, weight))
+    *ps, w = in_compute(torch.float32, (*scalars, weight))
     try:
         gx, *gs, tw, gb = _compiled(code, "backward")(_row_blocks(grad), _row_blocks(x), *ps, w)
     except Exception as e:  # noqa: BLE001 - whatever the compiler raised: see _unfused

@@ -11,11 +11,12 @@ bias: (C,) or None (bias None means 0). Each computes in float32 (float64 for fl
 and returns x's dtype, whatever the parameters' dtype (float32 parameters under mixed
 precision are fine); every parameter's gradient comes back in its own dtype.
 
-Each call that autograd records goes to ``<Form>Function`` (numeric/_autograd.py), which
-runs the backend chosen for x (numeric/backends.py); one it does not record (no_grad,
-inference_mode, no input that requires grad) runs the backend directly. The backends:
-the Triton kernels on CUDA, the fused variants through torch.compile on a CPU input of at
-least 65,536 elements, the generated code op by op otherwise. ``set_backend("auto" | "triton" | "fused" | "torch")`` or DYNORM_BACKEND chooses.
+Each call that autograd records goes to ``<Form>Function`` (numeric/generated/functions.py),
+which runs the backend chosen for x (numeric/backends.py); one it does not record (no_grad,
+inference_mode, no input that requires grad) runs the backend directly. The backends: the
+Triton kernels on CUDA, the fused variants through torch.compile on a CPU input of at least
+65,536 elements, the generated code op by op otherwise. ``set_backend("auto" | "triton" |
+"fused" | "torch")`` or DYNORM_BACKEND chooses.
 Every order of autograd, forward mode and torch.func's transforms work on every backend.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch.autograd.forward_ad as fwAD
 
 from torch._functorch.utils import unwrap_dead_wrappers
 
-from ._autograd import EAGER, EAGER_NORMS, FUNCTIONS, NORMS, TracedFunction, TracedNorm
+from ._autograd import EAGER, EAGER_NORMS, FUNCTIONS, NORMS, TRACED, TracedNorm
 from .backends import RUN, choose, compute_dtype, get_backend, set_backend  # noqa: F401
 from .generated.forms import FORMS
 from .generated.torch_forms import CODE
@@ -122,7 +123,7 @@ def _call(name: str, x, scalars, weight, bias):
     bias = _channels(bias, "bias", x, optional=True)
     ss = [_scalar(v, p, x) for v, p in zip(scalars, FORMS[name].scalars)]
     if torch.compiler.is_compiling():
-        return TracedFunction.apply, (name, x, *ss, weight, bias)
+        return TRACED[name].apply, (x, *ss, weight, bias)
     if torch._C._are_functorch_transforms_active():
         return FUNCTIONS[name].apply, (x, *ss, weight, bias)
     if not _differentiated(x, weight, bias, ss):

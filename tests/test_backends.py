@@ -174,7 +174,6 @@ def test_at_most_three_frames_between_the_module_and_the_generated_code(backend,
     from types import SimpleNamespace
 
     from numeric import triton_backend as K
-    from numeric._autograd import DyTFunction
     from numeric.generated import torch_forms as G
 
     seen, calls = [], []
@@ -203,7 +202,6 @@ def test_at_most_three_frames_between_the_module_and_the_generated_code(backend,
 
         spied = code._replace(**{role: spy})
         monkeypatch.setitem(G.CODE, "dyt", spied)
-        monkeypatch.setattr(DyTFunction, "code", spied)
     B._compiled.cache_clear()
     try:
         with checks.backend(backend), torch.set_grad_enabled(grad):

@@ -7,8 +7,8 @@ inputs already in the compute dtype, float32 or float64): forward,
 forward_nobias, backward (first derivatives), jvp (the forward-mode product) and hvp
 (second derivatives along a direction); and fused_forward, fused_backward for
 torch.compile (the kernel rules, the dtype policy and the sums printed in).
-numeric/_autograd.py wraps each form in an autograd.Function that saves x only;
-``CODE`` holds each form's functions.
+numeric/generated/functions.py wraps each form in an autograd.Function that saves
+x only; ``CODE`` holds each form's functions.
 """
 from typing import Callable, NamedTuple
 

@@ -66,10 +66,15 @@ def cast(t, dtype):
     return t if t.dtype == dtype else t.to(dtype)
 
 
+#: The largest finite value of each compute dtype (read once, not per call).
+BIG = {torch.float32: torch.finfo(torch.float32).max,
+       torch.float64: torch.finfo(torch.float64).max}
+
+
 def clamped(x, ct):
     """x in the compute dtype ct, clamped to its finite range: +-inf saturates to the bound
     (gradient 0) and a NaN stays in its element."""
-    big = torch.finfo(ct).max
+    big = BIG[ct]
     return x.to(ct).clamp(-big, big)
 
 
@@ -342,8 +347,8 @@ class ${Camel}Traced(torch.autograd.Function):
 
 #: The names a module printed with POLICY and AUTOGRAD defines (the user's module reserves
 #: them; numeric's generated modules export them).
-POLICY_NAMES = ("warm_up_math", "compute_dtype", "cast", "clamped", "tamed", "or_zero", "sum_like",
-                "in_compute", "BLOCK_ELEMENTS", "torch_forward", "torch_backward")
+POLICY_NAMES = ("warm_up_math", "compute_dtype", "cast", "BIG", "clamped", "tamed", "or_zero",
+                "sum_like", "in_compute", "BLOCK_ELEMENTS", "torch_forward", "torch_backward")
 AUTOGRAD_NAMES = ("save_inputs", "first_derivatives", "function_backward", "function_jvp",
                   "save_all",
                   "second_derivatives", "double_backward", "backward_jvp", "save_traced",

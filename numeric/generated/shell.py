@@ -6,7 +6,7 @@ from too.
 """
 import torch
 
-__all__ = ["warm_up_math", "compute_dtype", "cast", "clamped", "tamed", "or_zero", "sum_like", "in_compute", "BLOCK_ELEMENTS", "torch_forward", "torch_backward"]
+__all__ = ["warm_up_math", "compute_dtype", "cast", "BIG", "clamped", "tamed", "or_zero", "sum_like", "in_compute", "BLOCK_ELEMENTS", "torch_forward", "torch_backward"]
 
 
 def warm_up_math():
@@ -37,10 +37,15 @@ def cast(t, dtype):
     return t if t.dtype == dtype else t.to(dtype)
 
 
+#: The largest finite value of each compute dtype (read once, not per call).
+BIG = {torch.float32: torch.finfo(torch.float32).max,
+       torch.float64: torch.finfo(torch.float64).max}
+
+
 def clamped(x, ct):
     """x in the compute dtype ct, clamped to its finite range: +-inf saturates to the bound
     (gradient 0) and a NaN stays in its element."""
-    big = torch.finfo(ct).max
+    big = BIG[ct]
     return x.to(ct).clamp(-big, big)
 
 

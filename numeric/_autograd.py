@@ -31,68 +31,61 @@ EAGER = {form: eager_apply(c) for form, c in FUNCTIONS.items()}
 
 # -- the reference norms -------------------------------------------------------------------
 
-class NormFunction(torch.autograd.Function):
-    """RMSNorm or LayerNorm (no affine part) by the generated forward and the VJP of the
-    derived Jacobian. The Jacobian is symmetric (a step of the derivation checks it), so the
-    forward-mode product J v is the same printed VJP applied to v. The backward is op-by-op
+def _norm_functions(camel: str, forward, vjp):
+    """The two Functions of a reference norm, RMSNorm or LayerNorm (no affine part), from its
+    generated forward and the VJP of its derived Jacobian: ``<Norm>Function`` (eager and
+    torch.func) and ``<Norm>Traced`` (what torch.compile traces: dynamo supports no custom
+    ``jvp``; first order). The Jacobian is symmetric (a step of the derivation checks it), so
+    the forward-mode product J v is the same printed VJP applied to v. The backward is op-by-op
     torch code, so a second order differentiates the printed VJP with autograd.
 
-    apply(x, eps) in the compute dtype.
-    """
+    apply(x, eps) in the compute dtype."""
 
-    norm: str
-    generate_vmap_rule = True
-
-    @classmethod
-    def forward(cls, x, eps):
-        return getattr(N, f"{cls.norm}_forward")(x, eps)
-
-    @classmethod
-    def setup_context(cls, ctx, inputs, output):
+    def save(ctx, inputs, output):
         ctx.save_for_backward(inputs[0])
         ctx.save_for_forward(inputs[0])
         ctx.eps = inputs[1]
 
-    @classmethod
-    def backward(cls, ctx, grad):
-        (x,) = ctx.saved_tensors
-        return getattr(N, f"{cls.norm}_backward")(grad, x, ctx.eps), None
+    class Function(torch.autograd.Function):
+        generate_vmap_rule = True
+        setup_context = staticmethod(save)
 
-    @classmethod
-    def jvp(cls, ctx, x_t, _):
-        (x,) = ctx.saved_tensors
-        return getattr(N, f"{cls.norm}_backward")(x_t, x, ctx.eps)
+        @staticmethod
+        def forward(x, eps):
+            return forward(x, eps)
 
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return vjp(grad, x, ctx.eps), None
 
-class RMSNormFunction(NormFunction):
-    norm = "rmsnorm"
+        @staticmethod
+        def jvp(ctx, x_t, _):
+            (x,) = ctx.saved_tensors
+            return vjp(x_t, x, ctx.eps)
 
+    class Traced(torch.autograd.Function):
+        setup_context = staticmethod(save)
 
-class LayerNormFunction(NormFunction):
-    norm = "layernorm"
+        @staticmethod
+        def forward(x, eps):
+            return forward(x, eps)
 
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return vjp(grad, x, ctx.eps), None
 
-class TracedNorm(torch.autograd.Function):
-    """What torch.compile traces in place of a ``NormFunction`` (dynamo supports no custom
-    ``jvp``): the same generated forward and VJP, first order.
-
-    apply(norm, x, eps) in the compute dtype.
-    """
-
-    @staticmethod
-    def forward(norm, x, eps):
-        return getattr(N, f"{norm}_forward")(x, eps)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[1])
-        ctx.norm, ctx.eps = inputs[0], inputs[2]
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return None, getattr(N, f"{ctx.norm}_backward")(grad, x, ctx.eps), None
+    for cls, kind in ((Function, "Function"), (Traced, "Traced")):
+        cls.__name__ = cls.__qualname__ = f"{camel}{kind}"
+    return Function, Traced
 
 
-NORMS = {c.norm: c for c in (RMSNormFunction, LayerNormFunction)}
+RMSNormFunction, RMSNormTraced = _norm_functions("RMSNorm", N.rmsnorm_forward,
+                                                 N.rmsnorm_backward)
+LayerNormFunction, LayerNormTraced = _norm_functions("LayerNorm", N.layernorm_forward,
+                                                     N.layernorm_backward)
+#: norm -> its Function (eager calls and torch.func's transforms), and the traced one.
+NORMS = {"rmsnorm": RMSNormFunction, "layernorm": LayerNormFunction}
+TRACED_NORMS = {"rmsnorm": RMSNormTraced, "layernorm": LayerNormTraced}
 EAGER_NORMS = {norm: eager_apply(c) for norm, c in NORMS.items()}

@@ -111,13 +111,12 @@ def _own_code(fn, name: str):
 
 
 @cache
-def _compiled(code, what: str):
+def _compiled(fn):
     """The fused function, compiled with the number of rows marked dynamic (``_rows``) and C
     static until a second C is seen (torch.compile's automatic dynamic shapes). With every
     size dynamic (dynamic=True, or C marked too), inductor's CPU code for DyISRU's forward
     came out on one thread, 3.3 ms at (4096, 1024) float32 against 1.7 ms this way, and
     DyT-LN's bfloat16 forward took 10.0 ms against 4.5."""
-    fn = getattr(code, f"fused_{what}")
     return torch.compile(_own_code(fn, fn.__name__), dynamic=None)
 
 
@@ -177,7 +176,7 @@ def fused_forward(code, x, scalars, weight, bias):
     *ps, w = in_compute(torch.float32, (*scalars, weight))
     b = torch.zeros_like(w) if bias is None else bias.detach().to(torch.float32)
     try:
-        return _compiled(code, "forward")(_rows(x), *ps, w, b).view(x.shape)
+        return _compiled(code.fused_forward)(_rows(x), *ps, w, b).view(x.shape)
     except Exception as e:  # noqa: BLE001 - whatever the compiler raised: see _unfused
         return _unfused(e, code, torch_forward, x, scalars, weight, bias)
 
@@ -187,7 +186,7 @@ def fused_backward(code, grad, x, scalars, weight):
         return torch_backward(code, grad, x, scalars, weight)
     *ps, w = in_compute(torch.float32, (*scalars, weight))
     try:
-        gx, *gs, tw, gb = _compiled(code, "backward")(_row_blocks(grad), _row_blocks(x), *ps, w)
+        gx, *gs, tw, gb = _compiled(code.fused_backward)(_row_blocks(grad), _row_blocks(x), *ps, w)
     except Exception as e:  # noqa: BLE001 - whatever the compiler raised: see _unfused
         return _unfused(e, code, torch_backward, grad, x, scalars, weight)
     # the weight's term per element (float32): torch's pairwise sum over the rows

@@ -28,7 +28,7 @@ import torch.autograd.forward_ad as fwAD
 
 from torch._functorch.utils import unwrap_dead_wrappers
 
-from ._autograd import EAGER, EAGER_NORMS, FUNCTIONS, NORMS, TRACED, TracedNorm
+from ._autograd import EAGER, EAGER_NORMS, FUNCTIONS, NORMS, TRACED, TRACED_NORMS
 from .backends import RUN, choose, compute_dtype, get_backend, set_backend  # noqa: F401
 from .generated.forms import FORMS
 from .generated.torch_forms import CODE
@@ -187,7 +187,7 @@ def _norm(name: str, x, weight, bias, eps):
     eps = check_eps(eps, allow_none=name == "rmsnorm")
     eps = torch.finfo(ct).eps if eps is None else eps
     if torch.compiler.is_compiling():
-        y = TracedNorm.apply(name, x.to(ct), eps)
+        y = TRACED_NORMS[name].apply(x.to(ct), eps)
     elif torch._C._are_functorch_transforms_active():
         y = NORMS[name].apply(x.to(ct), eps)
     else:

@@ -22,9 +22,9 @@ import sympy as sp
 from .codegen import emit, hypot_prelude, torch_functions, uses_hypot
 from .formula import FormulaError, identifier, parse
 from . import shell
-from .forms import Form, Function, camel
+from .forms import Form, Function, camel, sites
 from .parser import parse as parse_names
-from .printers import UnsupportedNode
+from .printers import UnsupportedNode, torch_code
 from .steps import bounded
 from .symbols import x
 
@@ -188,6 +188,7 @@ def generate(name: str, formula, inits: dict[str, float] | None = None,
                      f"rest on the numeric witness alone (random points, 50 digits): {shown}")
     scalars = tuple(s.name for s in f.scalars)
     formula_text = sp.sstr(f.formula)
+    rooted = [s.a for s in sites(f) if not s.a.is_number]
     fields = {
         "name": name, "Camel": camel(name), "formula": formula_text, "command": command,
         "scalars": repr(scalars), "inits": repr(values),
@@ -203,6 +204,9 @@ def generate(name: str, formula, inits: dict[str, float] | None = None,
         "functions": "\n\n".join([*((hypot_prelude(),) if uses_hypot(code) else ()), code]),
         "params": _keywords(scalars),
         "policy": shell.POLICY, "autograd": shell.AUTOGRAD,
+        "rooted": repr(tuple(sp.sstr(a) for a in rooted)),
+        "scalar_args": ", ".join(scalars),
+        "rooted_code": "".join(f"{torch_code(a)}, " for a in rooted),
         "functions_classes": shell.functions(name, camel(name), name, f"weight * ({formula_text}) + bias",
                                              scalars),
         "values": "{" + ", ".join(f'"{s}": {s}' for s in scalars) + "}",
@@ -294,6 +298,30 @@ def _scalar(v, what, x):
     return torch.tensor(float(v), dtype=compute_dtype(x.dtype), device=x.device)
 
 
+#: The expressions of the scalars whose square root the overflow-safe form takes (each a in
+#: a term of the shape (a + (x - c)^2)^k): none may be negative, or the printed code is NaN
+#: everywhere, where the formula is real for |x - c| > sqrt(-a).
+ROOTED = $rooted
+
+
+def _rooted($scalar_args):
+    """The values of ROOTED at the scalars (0-dim tensors, in the order of SCALARS)."""
+    return ($rooted_code)
+
+
+def _check_rooted(values):
+    """ValueError for a negative value of ROOTED, where it can be read at no cost: on the
+    CPU (a CUDA tensor's would wait for the device), not traced, not under torch.func."""
+    with torch.no_grad():
+        rooted = _rooted(*values)
+    for text, v in zip(ROOTED, rooted):
+        if (v.device.type == "cpu" and not torch.compiler.is_compiling()
+                and not torch._C._functorch.is_functorch_wrapped_tensor(v) and v.item() < 0):
+            raise ValueError(f"$name: {text} must be >= 0, got {v.item():g}: the layer takes "
+                             f"sqrt({text}) to stay finite for every x, and the formula is "
+                             "not real near its center for a negative value")
+
+
 def $name(x, weight, bias=None$params):
     """y = weight * ($formula) + bias over the last dimension of x.
 
@@ -310,6 +338,7 @@ def _apply(x, weight, bias, scalars):
     weight = _tensor(weight, "weight", x, (C,))
     bias = None if bias is None else _tensor(bias, "bias", x, (C,))
     values = [_scalar(scalars[s], s, x) for s in SCALARS]
+    _check_rooted(values)
     fn = ${Camel}Traced if torch.compiler.is_compiling() else ${Camel}Function
     return fn.apply(x, *values, weight, bias)
 

@@ -130,7 +130,7 @@ _RULE_ARGS = {"sech2": lambda form: (),
 
 
 @cache
-def _sites(form: Form) -> tuple:
+def sites(form: Form) -> tuple:
     """Where isru_hypot applies in a user's formula (one h, q, p for all its functions)."""
     return isru_sites(form.in_var(form.layer), form.var)
 
@@ -140,7 +140,7 @@ def _rewrite(form: Form, e: sp.Expr) -> Rewritten:
     every safety rule wherever its pattern occurs (rules.safety_rewrite)."""
     e = form.in_var(e)
     if form.formula is not None:
-        return safety_rewrite(e, form.var, form.name, _sites(form))
+        return safety_rewrite(e, form.var, form.name, sites(form))
     if form.rule is None:
         return Rewritten(e)
     rule = RULES[form.rule]

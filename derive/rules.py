@@ -24,8 +24,9 @@ k - k tanh(u)^2 among the terms of a sum, isru_hypot at every power (not a posit
 of a base b (a + (x - c)^2), b > 0, a not negative (``isru_sites``), each coefficient of the
 other symbols factored over h, q, p on its own, so that a derivative is printed in a form
 that does not cancel (the derivative of x/sqrt(1 + x^2) is p^2/h, not 1/h - x^2/h^3). Where
-a scalar a is negative the formula is not real near x = c, and the printed code is NaN for
-every x (sqrt(a)).
+a scalar a is negative the formula is not real near x = c, and the printed code would be NaN
+for every x (sqrt(a)): the module of ``dynorm generate --form`` checks each such a at the call
+(derive/formgen.py, ROOTED).
 
 Kernel rules: Triton's interpreter runs core tl math only (exp, sqrt, abs, where, maximum,
 minimum), not libdevice (tanh, cosh, hypot). Each replaces one function by a template in

@@ -96,3 +96,21 @@ def test_printed_with_the_rules_of_the_built_in_dyisru(generated):
     name, _, source = generated
     code = re.sub(r'"""(.*?)"""', "", source.split("# -- the autograd shell")[0], flags=re.S)
     assert "hypot(" in code and "(x * x)" not in code
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_negative_rooted_scalar_is_one_clear_error(generated, device):
+    """The layer takes sqrt(beta) to stay finite for every x; with beta < 0 that is NaN for
+    every x (where x/sqrt(beta + x^2) is real for |x| > sqrt(-beta)): a CPU scalar's value
+    is checked at the call and named; a CUDA one's is not read (it would wait for the
+    device), as for the built-in DyISRU's beta."""
+    name, m, _ = generated
+    fn, rooted = getattr(m, name), m.ROOTED
+    assert rooted == (("beta",) if "beta" in FORMS[name][0] else ()), rooted
+    if not rooted:
+        pytest.skip(f"{FORMS[name][0]} takes no root of a scalar")
+    x, w = torch.tensor([2.0, 10.0], device=device), torch.ones(2, device=device)
+    if device == "cpu":
+        with pytest.raises(ValueError, match=r"beta must be >= 0, got -1: .* sqrt\(beta\)"):
+            fn(x, w, beta=torch.tensor(-1.0, device=device))
+    assert torch.isfinite(fn(x, w, beta=torch.tensor(1.0, device=device))).all()

@@ -31,7 +31,7 @@ EAGER = {form: eager_apply(c) for form, c in FUNCTIONS.items()}
 
 # -- the reference norms -------------------------------------------------------------------
 
-def _norm_functions(camel: str, forward, vjp):
+def _norm_functions(camel: str, run_forward, vjp):
     """The two Functions of a reference norm, RMSNorm or LayerNorm (no affine part), from its
     generated forward and the VJP of its derived Jacobian: ``<Norm>Function`` (eager and
     torch.func) and ``<Norm>Traced`` (what torch.compile traces: dynamo supports no custom
@@ -46,35 +46,22 @@ def _norm_functions(camel: str, forward, vjp):
         ctx.save_for_forward(inputs[0])
         ctx.eps = inputs[1]
 
+    def run_backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return vjp(grad, x, ctx.eps), None
+
+    def run_jvp(ctx, x_t, _):
+        (x,) = ctx.saved_tensors
+        return vjp(x_t, x, ctx.eps)
+
     class Function(torch.autograd.Function):
         generate_vmap_rule = True
-        setup_context = staticmethod(save)
-
-        @staticmethod
-        def forward(x, eps):
-            return forward(x, eps)
-
-        @staticmethod
-        def backward(ctx, grad):
-            (x,) = ctx.saved_tensors
-            return vjp(grad, x, ctx.eps), None
-
-        @staticmethod
-        def jvp(ctx, x_t, _):
-            (x,) = ctx.saved_tensors
-            return vjp(x_t, x, ctx.eps)
+        forward, setup_context = staticmethod(run_forward), staticmethod(save)
+        backward, jvp = staticmethod(run_backward), staticmethod(run_jvp)
 
     class Traced(torch.autograd.Function):
-        setup_context = staticmethod(save)
-
-        @staticmethod
-        def forward(x, eps):
-            return forward(x, eps)
-
-        @staticmethod
-        def backward(ctx, grad):
-            (x,) = ctx.saved_tensors
-            return vjp(grad, x, ctx.eps), None
+        forward, setup_context = staticmethod(run_forward), staticmethod(save)
+        backward = staticmethod(run_backward)
 
     for cls, kind in ((Function, "Function"), (Traced, "Traced")):
         cls.__name__ = cls.__qualname__ = f"{camel}{kind}"

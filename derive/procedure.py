@@ -21,7 +21,8 @@ import sympy as sp
 
 from . import ode
 from .statistics import Norm, ProcedureError, Split
-from .steps import DerivationError, Step, abs_products as _abs_products, check, equal
+from .steps import (Deadline, DerivationError, Step, abs_products as _abs_products, check,
+                    equal)
 from .symbols import (ASSUMPTIONS, C, C_AT_LEAST_2, alpha, beta, epsilon, gamma, mu, n, parse,
                       s, sigma, symbol, x, x_k, y, y_k, z)
 
@@ -122,6 +123,9 @@ def _step(name: str):
         def made(self):
             try:
                 return fn(self)
+            except Deadline as e:      # the derivation's time ran out in this step
+                e.steps.append(name)
+                raise
             except (ProcedureError, DerivationError):
                 raise
             except Exception as e:  # noqa: BLE001  SymPy gave up inside this step

@@ -210,6 +210,38 @@ def _exact_within(o: "Obligation", bound: Bound) -> bool | None:
         bound.left -= time.monotonic() - start
 
 
+class Deadline(BaseException):
+    """The time given to a whole derivation (``deadline``) ran out. ``steps`` names the steps
+    it ran out in, innermost first (procedure's steps add themselves on the way out). A
+    BaseException, so that no ``except Exception`` on the way (SymPy's own, a step's) takes
+    it for a failure of the step."""
+
+    def __init__(self, seconds: float):
+        super().__init__(seconds)
+        self.seconds, self.steps = seconds, []
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Within the block, SymPy is interrupted after ``seconds`` with Deadline (in the main
+    thread, by SIGALRM; elsewhere, or under another timer, the block runs unbounded). The
+    exact witnesses' own bounds stand aside meanwhile (one timer at a time)."""
+    if not _can_interrupt():
+        yield
+        return
+
+    def ring(signum, frame):
+        raise Deadline(seconds)
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 # -- numeric witness --------------------------------------------------------------------
 
 def _sample(sym: sp.Symbol, rng: random.Random) -> sp.Rational:

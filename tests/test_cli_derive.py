@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import sympy as sp
@@ -196,3 +197,22 @@ def test_claims_speak_of_C_not_of_the_helper_n(capsys):
     for name in NAMES:
         claims = [c.claim for st in result(name).steps for c in st.checks]
         assert not [c for c in claims if re.search(r"\bn\b", c)], name
+
+
+def test_derive_stops_after_its_time_naming_the_step():
+    """The p-norm at p = 8 takes SymPy over 300 s to separate the ODE's variables: with
+    --seconds 2 the command stops after about 2 s with one line that names the step."""
+    norm = "x / (mean(abs(x)**8) + epsilon)**(1/8)"
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "derive", "derive", norm, "--seconds", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == "", proc
+    (line,) = proc.stderr.strip().splitlines()[-1:]
+    assert re.fullmatch(r"dynorm: error: cannot derive .*: SymPy did not finish the step "
+                        r"'\w+' within 2 s \(--seconds N allows more\)", line), line
+    assert time.monotonic() - start < 60
+
+
+def test_derive_seconds_must_be_positive(capsys):
+    code, _, err = run(capsys, "derive", "x / sqrt(mean(x**2))", "--seconds", "0")
+    assert code == 2 and "--seconds must be positive, got 0" in err

@@ -275,10 +275,9 @@ def save_traced(ctx, inputs, output):
 
 def traced_backward(code, ctx, grad):
     """<Form>Traced.backward: the first derivatives through the backend, first order."""
-    x, *scalars, weight = ctx.saved_tensors
-    gx, gs, gw, gb = _run(x)[1](code, grad, x, scalars, weight)
-    gb = None if ctx.bias_dtype is None else cast(gb, ctx.bias_dtype)
-    return (gx, *(cast(g, s.dtype) for g, s in zip(gs, scalars)), cast(gw, weight.dtype), gb)
+    x, *args = ctx.saved_tensors
+    *grads, gb = first_derivatives(code, grad, x, args)
+    return (*grads, None if ctx.bias_dtype is None else cast(gb, ctx.bias_dtype))
 '''
 
 FORM = string.Template('''\

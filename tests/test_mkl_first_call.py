@@ -82,3 +82,10 @@ def test_a_generated_module_settles_the_detection(tmp_path):
 
     (tmp_path / "tanh_a.py").write_text(formgen.module("tanh_a", "tanh(a*x)"))
     assert _state_after("import tanh_a", cwd=tmp_path) != -1
+
+
+@needs_mkl
+def test_the_warm_up_runs_on_the_cpu_whatever_the_default_device():
+    """Under torch.set_default_device("meta") (or "cuda": importing must not start CUDA)
+    the warm-up still makes its calls on the CPU."""
+    assert _state_after("torch.set_default_device('meta')\nimport numeric") != -1

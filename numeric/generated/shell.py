@@ -15,7 +15,7 @@ def warm_up_math():
     call is split across threads (pytorch/pytorch#188792: a race there gave one thread's
     chunk of torch.tanh 14 correct bits)."""
     for dtype in (torch.float32, torch.float64):
-        one = torch.full((1,), 0.5, dtype=dtype)
+        one = torch.full((1,), 0.5, dtype=dtype, device="cpu")    # whatever the default device
         for fn in (torch.tanh, torch.cosh, torch.sinh, torch.exp, torch.expm1, torch.log,
                    torch.log1p, torch.sqrt, torch.rsqrt, torch.erf, torch.atan, torch.atanh,
                    torch.asinh, torch.sin, torch.cos, torch.tan):

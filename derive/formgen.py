@@ -310,13 +310,17 @@ def _rooted($scalar_args):
 
 
 def _check_rooted(values):
-    """ValueError for a negative value of ROOTED, where it can be read at no cost: on the
-    CPU (a CUDA tensor's would wait for the device), not traced, not under torch.func."""
+    """ValueError for a negative value of ROOTED, where the scalars can be read at no cost: on
+    the CPU (a CUDA tensor's value would wait for the device), not traced, not under
+    torch.func."""
+    if not ROOTED or torch.compiler.is_compiling() or any(
+            v.device.type != "cpu" or torch._C._functorch.is_functorch_wrapped_tensor(v)
+            for v in values):
+        return
     with torch.no_grad():
         rooted = _rooted(*values)
     for text, v in zip(ROOTED, rooted):
-        if (v.device.type == "cpu" and not torch.compiler.is_compiling()
-                and not torch._C._functorch.is_functorch_wrapped_tensor(v) and v.item() < 0):
+        if v.item() < 0:
             raise ValueError(f"$name: {text} must be >= 0, got {v.item():g}: the layer takes "
                              f"sqrt({text}) to stay finite for every x, and the formula is "
                              "not real near its center for a negative value")

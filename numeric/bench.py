@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 
 from . import functional as F
+from ._autograd import eager_apply
 from . import triton_backend
 from .backends import FUSE_MIN
 from .generated.forms import FORMS
@@ -51,7 +52,7 @@ CONFIGS = {
 #: Time per call at a small shape (what a call costs beyond its memory traffic): ours and
 #: the eager composition, float32, one thread on a CPU. Goal: ours at most 1.3x eager.
 LATENCY = {"shape": (8, 4096), "dtype": torch.float32, "reps": {False: 400, True: 20},
-           "impls": ("ours", "eager", "rms_norm")}
+           "impls": ("ours", "eager", "rms_norm", "by-hand-inexact", "by-hand-exact")}
 DTYPES = (torch.float32, torch.bfloat16)
 MODES = ("fwd", "fwd+bwd")
 ROTATE = 4  # input buffers cycled through, so no repetition finds x in cache
@@ -366,15 +367,81 @@ def _model(out: Path, device: str, progress) -> dict:
             for r in rows}
 
 
+# -- what exact derivatives cost per call: DyT by hand, both ways --------------------------
+
+_BIG = torch.finfo(torch.float32).max
+
+
+class _DyTInexact(torch.autograd.Function):
+    """DyT as eager autograd differentiates it, in one Function (float32): tanh saved, the
+    backward 1 - tanh^2 (``tanh_backward``), which is 0 once tanh rounds to 1 (|u| near 9)
+    where the true value is still 1e-8. Four passes forward, eight backward."""
+
+    @staticmethod
+    def forward(x, a, w, b):
+        t = torch.tanh(x * a)
+        return torch.addcmul(b, w, t), t
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], inputs[1], inputs[2], output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx, g, _):
+        x, a, w, t = ctx.saved_tensors
+        gu = torch.ops.aten.tanh_backward(g * w, t)
+        return gu * a, (gu * x).sum(), (g * t).sum(0), g.sum(0)
+
+
+class _DyTExact(torch.autograd.Function):
+    """DyT with the exact derivative written by hand, every temporary reused in place
+    (float32): x clamped as ours, sech(u)^2 = 4e/(1 + e)^2 with e = exp(-2|u|), the scalar's
+    gradient summed in float64. Four passes forward, sixteen backward."""
+
+    @staticmethod
+    def forward(x, a, w, b):
+        return torch.addcmul(b, w, x.clamp(-_BIG, _BIG).mul_(a).tanh_())
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:3])
+
+    @staticmethod
+    def backward(ctx, g):
+        x, a, w = ctx.saved_tensors
+        xc = x.clamp(-_BIG, _BIG)
+        u = xc * a
+        gw = torch.tanh(u).mul_(g).sum(0)
+        e = u.abs_().mul_(-2).exp_()
+        e.div_((e + 1).square_())                       # sech(u)^2 / 4
+        t1 = torch.mul(g, w).mul_(e)
+        gx = t1 * (4 * a)
+        ga = t1.mul_(xc).sum(dtype=torch.float64).mul_(4)
+        return gx, ga.to(a.dtype), gw, g.sum(0)
+
+
+#: Hand-written DyT (x, alpha, weight, bias) for the latency table: where the time of an
+#: exact derivative goes, apart from our shell and generated code.
+#: Each called as ours is, by its C++ apply (eager_apply: no signature binding per call).
+_INEXACT, _EXACT = eager_apply(_DyTInexact), eager_apply(_DyTExact)
+BY_HAND = {"by-hand-inexact": lambda x, a, w, b: _INEXACT(x, a, w, b)[0],
+           "by-hand-exact": _EXACT}
+
+
 def latency(device: str, quick: bool = False) -> list[dict]:
     """Per-call times (microseconds, median) at LATENCY's shape, ours and the eager
-    composition of every form (and F.rms_norm), forward (no grad) and forward+backward; on a
-    CPU with one intra-op thread. Ratios against eager of the same layer and mode."""
+    composition of every form (and F.rms_norm; for DyT also the two hand-written Functions
+    of BY_HAND), forward (no grad) and forward+backward; on a CPU with one intra-op thread.
+    Ratios against eager of the same layer and mode."""
     shape, dtype = LATENCY["shape"], LATENCY["dtype"]
     threads = torch.get_num_threads()
     if device == "cpu":
         torch.set_num_threads(1)
     todo = [c for c in cases(shape[-1], device, dtype) if c.impl in LATENCY["impls"]]
+    dyt = _params("dyt", shape[-1], device, dtype)
+    todo += [Case(impl, "dyt", fn, dyt) for impl, fn in BY_HAND.items()
+             if impl in LATENCY["impls"]]
     if device == "cpu":      # the Python of the CUDA path, its launches no-ops
         todo += [Case(NOOP_LAUNCHES, c.layer, c.fn, c.params, backend="triton")
                  for c in todo if c.impl == "ours"]

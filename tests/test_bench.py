@@ -46,6 +46,38 @@ def test_bench_quick_writes_tables_and_keeps_half_the_bytes(tmp_path, monkeypatc
         (layer, mode) for layer in bench.EAGER for mode in bench.MODES}
     assert all(float(summary[f"latency {layer} 8x4096 float32 {mode}"]["time_ratio_vs_eager"]) > 0
                for layer in bench.EAGER for mode in bench.MODES)
+    # and DyT by hand, the inexact and the exact derivative
+    assert {(r["impl"], r["mode"]) for r in latency if r["impl"].startswith("by-hand")} == {
+        (impl, mode) for impl in bench.BY_HAND for mode in bench.MODES}
+
+
+@pytest.mark.parametrize("device", S.DEVICES)
+def test_the_hand_written_dyt_computes_dyt_and_only_the_exact_one_far_out(device):
+    """The latency table's DyT by hand: both give DyT's output and, where tanh has not
+    rounded to 1, its gradients (float64 references: the formula, sech(u)^2 = 1/cosh(u)^2);
+    at u = 12 only the exact one has grad x (the inexact one's 1 - tanh^2 is 0 there)."""
+    x64 = torch.tensor([[-3.0, -0.5, 0.0, 0.25, 1.5, 24.0]], dtype=torch.float64)
+    a64, w64 = torch.tensor(0.5, dtype=torch.float64), torch.linspace(0.5, 2.0, 6).double()
+    b64, g64 = torch.linspace(-1.0, 1.0, 6).double(), torch.linspace(1.0, 2.0, 6).double()[None]
+    u = a64 * x64
+    sech2 = 1 / torch.cosh(u) ** 2
+    ref = {"y": w64 * torch.tanh(u) + b64, "x": g64 * w64 * a64 * sech2,
+           "a": (g64 * w64 * x64 * sech2).sum(), "w": (g64 * torch.tanh(u)).sum(0),
+           "b": g64.sum(0)}
+    got = {}
+    for impl, fn in bench.BY_HAND.items():
+        x, a, w, b = (t.float().to(device).requires_grad_() for t in (x64, a64, w64, b64))
+        y = fn(x, a, w, b)
+        y.backward(g64.float().to(device))
+        got[impl] = {"y": y, "x": x.grad, "a": a.grad, "w": w.grad, "b": b.grad}
+        for k, r in ref.items():
+            value = got[impl][k].detach().double().cpu()
+            if k == "x":                    # u = 12 (x = 24) is where the two part
+                value, r = value[..., :5], r[..., :5]
+            torch.testing.assert_close(value, r, rtol=1e-5, atol=1e-6, msg=f"{impl} {k}")
+    far = ref["x"][0, 5].item()                   # about 1e-10
+    assert got["by-hand-inexact"]["x"][0, 5].item() == 0.0
+    assert abs(got["by-hand-exact"]["x"][0, 5].item() - far) <= 1e-5 * far
 
 
 def test_noop_launches_run_the_triton_path_without_its_kernels():

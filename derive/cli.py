@@ -112,7 +112,7 @@ def cmd_derive(args) -> int:
     """The procedure on a user's norm: its derivation, and the export schema with --json."""
     from .catalog import counterpart_results
     from .procedure import counterparts
-    if not args.seconds > 0:
+    if not args.seconds > 0:   # NaN too; inf (or any S past the timer's range) is no bound
         raise UsageError(f"--seconds must be positive, got {args.seconds:g}")
     try:
         with deadline(args.seconds):

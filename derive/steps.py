@@ -210,6 +210,10 @@ def _exact_within(o: "Obligation", bound: Bound) -> bool | None:
         bound.left -= time.monotonic() - start
 
 
+#: Deadlines longer than this (three years) are none: the timer cannot hold much more.
+UNBOUNDED = 1e8
+
+
 class Deadline(BaseException):
     """The time given to a whole derivation (``deadline``) ran out. ``steps`` names the steps
     it ran out in, innermost first (procedure's steps add themselves on the way out). A
@@ -224,9 +228,10 @@ class Deadline(BaseException):
 @contextlib.contextmanager
 def deadline(seconds: float) -> Iterator[None]:
     """Within the block, SymPy is interrupted after ``seconds`` with Deadline (in the main
-    thread, by SIGALRM; elsewhere, or under another timer, the block runs unbounded). The
-    exact witnesses' own bounds stand aside meanwhile (one timer at a time)."""
-    if not _can_interrupt():
+    thread, by SIGALRM; elsewhere, under another timer, or for more than UNBOUNDED seconds,
+    inf included, the block runs unbounded). The exact witnesses' own bounds stand aside
+    meanwhile (one timer at a time)."""
+    if not _can_interrupt() or not seconds <= UNBOUNDED:
         yield
         return
 

@@ -213,6 +213,16 @@ def test_derive_stops_after_its_time_naming_the_step():
     assert time.monotonic() - start < 60
 
 
-def test_derive_seconds_must_be_positive(capsys):
-    code, _, err = run(capsys, "derive", "x / sqrt(mean(x**2))", "--seconds", "0")
-    assert code == 2 and "--seconds must be positive, got 0" in err
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan"])
+def test_derive_seconds_must_be_positive(capsys, seconds):
+    code, _, err = run(capsys, "derive", "x / sqrt(mean(x**2))", "--seconds", seconds)
+    assert code == 2 and f"--seconds must be positive, got {float(seconds):g}" in err
+
+
+@pytest.mark.parametrize("seconds", ["inf", "1e12"])
+def test_derive_without_a_bound_past_the_timers_range(capsys, seconds):
+    """inf, or more seconds than the timer holds, is no bound (not an OverflowError that
+    would read as SymPy's failure)."""
+    code, out, err = run(capsys, "derive", "x / sqrt(mean(x**2) + epsilon)", "--seconds",
+                         seconds)
+    assert code == 0 and "function space" in out, err

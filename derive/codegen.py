@@ -212,20 +212,21 @@ def _symbols(r: Rewritten) -> set:
     return r.expr.free_symbols.union(*(v.free_symbols for v in r.defs.values()))
 
 
-#: The fields of a form's row in the generated table ``CODE``: its functions, by role.
-CODE_FIELDS = ("forward", "forward_nobias", "backward", "jvp", "hvp", "fused_forward",
-               "fused_backward")
+#: The fields of a form's row in the generated table ``CODE``: its functions, by role (the
+#: op-by-op ones, all a module of ``dynorm generate --form`` has, then the fused variants).
+OP_BY_OP_FIELDS = ("forward", "forward_nobias", "backward", "jvp", "hvp")
+CODE_FIELDS = OP_BY_OP_FIELDS + ("fused_forward", "fused_backward")
 
 
-def code_table() -> str:
+def code_table(names=tuple(FORMS), fields=CODE_FIELDS) -> str:
     """The generated table of the forms' functions: numeric/ calls them through it (no
     lookup by name at call time)."""
-    fields = "".join(f"    {f}: Callable\n" for f in CODE_FIELDS)
+    types = "".join(f"    {f}: Callable\n" for f in fields)
     rows = "\n".join(f'    "{name}": Code("{name}", '
-                     + ", ".join(f"{name}_{f}" for f in CODE_FIELDS) + "),"
-                     for name in FORMS)
+                     + ", ".join(f"{name}_{f}" for f in fields) + "),"
+                     for name in names)
     return (f"\n\nclass Code(NamedTuple):\n    \"\"\"One form's generated functions, by "
-            f"role.\"\"\"\n    name: str\n{fields}\n\n"
+            f"role.\"\"\"\n    name: str\n{types}\n\n"
             f"#: form -> its functions.\nCODE = {{\n{rows}\n}}\n")
 
 

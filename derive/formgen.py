@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from .codegen import emit, hypot_prelude, torch_functions, uses_hypot
+from .codegen import (OP_BY_OP_FIELDS, code_table, emit, hypot_prelude, torch_functions,
+                      uses_hypot)
 from .formula import FormulaError, identifier, parse
 from . import shell
 from .forms import Form, Function, camel, sites
@@ -207,8 +208,9 @@ def generate(name: str, formula, inits: dict[str, float] | None = None,
         "rooted": repr(tuple(sp.sstr(a) for a in rooted)),
         "scalar_args": ", ".join(scalars),
         "rooted_code": "".join(f"{torch_code(a)}, " for a in rooted),
-        "functions_classes": shell.functions(name, camel(name), name, f"weight * ({formula_text}) + bias",
-                                             scalars),
+        "code_table": code_table((name,), OP_BY_OP_FIELDS).strip(),
+        "functions_classes": shell.functions(name, camel(name), name,
+                                             f"weight * ({formula_text}) + bias", scalars),
         "values": "{" + ", ".join(f'"{s}": {s}' for s in scalars) + "}",
     }
     return Generated(string.Template(SHELL).substitute(fields), fields["signature"],
@@ -251,18 +253,7 @@ $functions
 
 # -- the autograd shell (printed from dynorm's derive/shell.py, as its own layers') -------
 
-class Code(NamedTuple):
-    """The printed functions, by role."""
-    forward: Callable
-    forward_nobias: Callable
-    backward: Callable
-    jvp: Callable
-    hvp: Callable
-
-
-#: form -> its printed functions.
-CODE = {"$name": Code(${name}_forward, ${name}_forward_nobias, ${name}_backward, ${name}_jvp,
-                      ${name}_hvp)}
+$code_table
 
 
 $policy

@@ -344,14 +344,9 @@ class ${Camel}Traced(torch.autograd.Function):
         return traced_backward(CODE["${name}"], ctx, grad)
 ''')
 
-#: The names a module printed with POLICY and AUTOGRAD defines (the user's module reserves
-#: them; numeric's generated modules export them).
+#: The names numeric/generated/shell.py exports (POLICY's).
 POLICY_NAMES = ("warm_up_math", "compute_dtype", "cast", "BIG", "clamped", "tamed", "or_zero",
                 "sum_like", "in_compute", "BLOCK_ELEMENTS", "torch_forward", "torch_backward")
-AUTOGRAD_NAMES = ("save_inputs", "first_derivatives", "function_backward", "function_jvp",
-                  "save_all",
-                  "second_derivatives", "double_backward", "backward_jvp", "save_traced",
-                  "traced_backward")
 
 
 def functions(name: str, camel: str, title: str, formula: str, scalars) -> str:
